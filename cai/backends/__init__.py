@@ -1,0 +1,96 @@
+"""One small protocol, several engines.
+
+Every engine takes the whole batch in one call and schedules it itself::
+
+    backend = make_backend("hf", "default")
+    outs = backend.generate([[{"role": "user", "content": "Hi"}]], Sampling(max_new_tokens=32))
+    outs[0][0].text
+
+``generate`` returns, for each chat, ``params.n`` completions. ``choice_logprobs`` returns, for
+each prompt, the log-probability of each choice string as the next tokens (one forward pass, no
+sampling) and is how preference labels are made. Heavy imports (torch, vllm) happen inside the
+engine modules, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Literal, Protocol
+
+from ..errors import InputError
+
+Chat = list[dict[str, str]]
+Progress = Callable[[int, int], None]  # (finished sequences, new tokens) since the last call
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+class Backend(Protocol):
+    name: str
+    model_label: str
+    chunk_size: int  # prompts a stage should hand over per call to keep resume granularity sane
+
+    def generate(
+        self, chats: Sequence[Chat], params: Sampling, progress: Progress | None = None
+    ) -> list[list[Completion]]: ...
+
+    def choice_logprobs(
+        self, prompts: Sequence[Chat | str], choices: Sequence[str]
+    ) -> list[list[float]]: ...
+
+    def render(self, chat: Chat) -> str:
+        """The exact text the model sees for ``chat`` (its chat template applied)."""
+        ...
+
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+def pick_backend(name: str) -> str:
+    """``auto`` is vllm where it is installed and a CUDA GPU is present, else hf."""
+    if name not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
+
+def make_backend(name: str, model: str, **options) -> Backend:
+    """Load ``model`` on the engine ``name`` (auto | hf | vllm)."""
+    from ..models import resolve_model
+
+    resolved = resolve_model(model)
+    chosen = pick_backend(name)
+    if chosen == "hf":
+        from .hf import HFBackend
+
+        return HFBackend(resolved, **options)
+    from .vllm import VLLMBackend
+
+    return VLLMBackend(resolved, **options)

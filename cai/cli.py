@@ -1,0 +1,292 @@
+"""The ``cai`` command line: parse, call the library, print.
+
+This is the one place that turns a :class:`~cai.errors.CaiError` into a message on stderr and an
+exit code (2 for bad input, 130 for Ctrl-C). Nothing below ``cai/`` prints or exits.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import CaiError, ConfigError, InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False, help="Constitutional AI and RLAIF.")
+constitution_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                               help="Validate, show and import constitutions.")
+generate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Generate training data from a constitution.")
+app.add_typer(constitution_app, name="constitution")
+app.add_typer(generate_app, name="generate")
+
+
+def _err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+# ---------------------------------------------------------------- constitutions
+
+@constitution_app.command("validate")
+def constitution_validate(files: Annotated[list[Path], typer.Argument(help="YAML files")]) -> None:
+    """Check constitution files; print every problem as FILE:LINE: field: message."""
+    from .constitution import validate_files
+
+    good, problems = validate_files(files)
+    for p in problems:
+        _err(str(p))
+    if problems:
+        raise typer.Exit(2)
+    total = sum(len(c.principles) for c in good)
+    typer.echo(f"ok: {len(good)} constitution(s), {total} principles "
+               f"({', '.join(f'{c.name} {c.hash[:8]}' for c in good)})")
+
+
+@constitution_app.command("show")
+def constitution_show(
+    file: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="print the resolved constitution as JSON")] = False,
+) -> None:
+    """Print the resolved constitution (with `extends` merged)."""
+    from .constitution import load_constitution
+
+    c = load_constitution(file)
+    if as_json:
+        typer.echo(json.dumps({**c.to_dict(), "hash": c.hash, "files": list(c.files)}, indent=2,
+                              ensure_ascii=False))
+        return
+    typer.echo(f"{c.name} v{c.version}  hash {c.hash}  from {' <- '.join(reversed(c.files))}")
+    if c.description:
+        typer.echo(f"\n{c.description}")
+    total = sum(p.weight for p in c.principles)
+    typer.echo(f"\n{len(c.principles)} principles:")
+    for p in c.principles:
+        tags = f"  [{', '.join(p.tags)}]" if p.tags else ""
+        typer.echo(f"\n  {p.id}  (weight {p.weight:g}, drawn {p.weight / total:.0%}){tags}")
+        typer.echo(f"    critique: {p.critique.strip()}")
+        typer.echo(f"    revision: {p.revision.strip()}")
+        typer.echo(f"    compare:  {p.compare.strip()}")
+    typer.echo(f"\nfew-shot: {len(c.few_shot.critique)} critique/revision, "
+               f"{len(c.few_shot.compare)} comparison example(s)")
+
+
+@constitution_app.command("import")
+def constitution_import(
+    file: Path,
+    fmt: Annotated[str, typer.Option("--format", help="anthropic | hf")],
+    out: Annotated[Path, typer.Option(help="where to write the YAML")],
+    compare: Annotated[Optional[Path], typer.Option(help="anthropic: JSON list of comparison principles")] = None,
+    few_shot: Annotated[Optional[Path], typer.Option(help="anthropic: JSON list of few-shot transcripts")] = None,
+    name: Annotated[Optional[str], typer.Option(help="name of the new constitution")] = None,
+) -> None:
+    """Convert a published constitution file to cai's YAML."""
+    from .constitution import load_constitution
+    from .constitution_import import convert
+    from .store import write_atomic
+
+    text, generic = convert(file, fmt, compare, few_shot, name)
+    write_atomic(out, text)
+    c = load_constitution(out)
+    typer.echo(f"wrote {out}: {len(c.principles)} principles, {len(c.few_shot.critique)} few-shot")
+    if generic:
+        _err("note: the source has no comparison questions; each `compare` is a generic question")
+
+
+# ---------------------------------------------------------------- critiques
+
+class _Progress:
+    """A rich progress bar on stderr: model calls done, ETA and generated tokens per second."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} tok/s"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=False)
+        self.task = None
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def start(self, total_calls: int) -> None:
+        self.bar.start()
+        self.task = self.bar.add_task("model calls", total=total_calls, rate="-")
+
+    def advance(self, calls: int, tokens: int) -> None:
+        self.tokens += tokens
+        rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.update(self.task, advance=calls, rate=f"{rate:.1f}")
+
+    def stop(self) -> None:
+        self.bar.stop()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("cai", "torch", "transformers", "trl", "vllm"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+@generate_app.command("critiques")
+def generate_critiques(
+    constitution: Annotated[str, typer.Option(help="constitution YAML (or a shipped name)")] = "harmless",
+    prompts: Annotated[str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red-team | helpful")] = "red-team",
+    model: Annotated[str, typer.Option(help="default | a model folder | a .gguf file | org/name")] = "default",
+    rounds: Annotated[int, typer.Option(help="critique-revision rounds per prompt")] = 2,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per generated text at most")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 1.0,
+    seed: Annotated[int, typer.Option(help="seeds principle draws and sampling")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="only the first N prompts")] = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/critiques"),
+    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan; load no model")] = False,
+) -> None:
+    """SL-CAI: answer each prompt, then critique and revise it for N rounds."""
+    from .backends import Sampling, make_backend, pick_backend
+    from .constitution import load_constitution, resolve_constitution_path
+    from .inputs import load_prompts
+    from .models import resolve_model
+    from .stages.critique import CritiqueSettings, critique_revise, plan
+    from .store import RunDir
+
+    if rounds < 1:
+        raise InputError(f"--rounds must be at least 1 (got {rounds})")
+    if max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise InputError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1 (got {limit})")
+    chosen_backend = pick_backend(backend)
+    cons = load_constitution(resolve_constitution_path(constitution))
+    items = load_prompts(prompts, limit)
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    if dry_run:
+        info = plan(cons, items, rounds, max_new_tokens)
+        typer.echo(json.dumps({"plan": info, "settings": {
+            "constitution": {"name": cons.name, "version": cons.version, "hash": cons.hash,
+                             "files": list(cons.files)},
+            "prompts": prompts, "model": model, "backend": chosen_backend, "rounds": rounds,
+            "sampling": sampling.as_dict(), "seed": seed, "out": str(out)}}, indent=2))
+        for item in items[:5]:
+            typer.echo(f"  {item.id}: {item.messages[-1][1][:100]!r}")
+        if len(items) > 5:
+            typer.echo(f"  ... and {len(items) - 5} more")
+        return
+    resolved = resolve_model(model)
+    t0 = time.perf_counter()
+    options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
+    engine = make_backend(chosen_backend, model, **options)
+    load_s = time.perf_counter() - t0
+    settings = CritiqueSettings(model=resolved.label, rounds=rounds, sampling=sampling, seed=seed)
+    manifest_settings = {"stage": "critiques", **settings.as_dict(), "constitution_hash": cons.hash}
+    with RunDir(out) as run:
+        old = run.read_manifest()
+        if old and old.get("settings") != manifest_settings:
+            diff = [k for k in manifest_settings if (old.get("settings") or {}).get(k) != manifest_settings[k]]
+            raise InputError(f"{out} holds a run with other settings ({', '.join(diff)} differ); "
+                             "choose another --out or remove it")
+        manifest = {"settings": manifest_settings, "status": "running",
+                    "constitution": {"name": cons.name, "version": cons.version, "hash": cons.hash,
+                                     "files": list(cons.files)},
+                    "prompts": prompts, "model_path": resolved.path, "backend": engine.name,
+                    "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        run.write_manifest(manifest)
+        progress = _Progress()
+        try:
+            summary = critique_revise(cons, items, engine, run, settings, progress)
+        except KeyboardInterrupt:
+            progress.stop()
+            done = sum(1 for _ in run.log("critiques.jsonl").read())
+            _err(f"interrupted: {done} finished prompt(s) are kept in {out}; "
+                 "run the same command again to resume")
+            raise typer.Exit(130) from None
+        progress.stop()
+        summary["model_load_seconds"] = round(load_s, 3)
+        manifest.update({"status": "complete", "counts": summary,
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        run.write_manifest(manifest)
+    typer.echo(
+        f"done: {summary['records']} prompts ({summary['resumed_from']} already done), "
+        f"{summary['generated_tokens_now']} tokens generated"
+        + (f" at {summary['tokens_per_second']} tok/s" if summary["tokens_per_second"] else "")
+    )
+    if summary["dropped_empty"] or summary["empty_revisions"]:
+        typer.echo(f"note: {summary['empty_revisions']} empty revision(s) kept the previous answer; "
+                   f"{summary['dropped_empty']} prompt(s) left out of the SFT data (no answer)")
+    typer.echo(f"critique log: {out / 'critiques.jsonl'}")
+    typer.echo(f"SFT data:     {out / 'sft.jsonl'} ({summary['sft_rows']} rows)")
+    typer.echo(f"manifest:     {out / 'manifest.json'}")
+
+
+@app.command("show-prompt")
+def show_prompt(
+    constitution: Annotated[str, typer.Option(help="constitution YAML (or a shipped name)")] = "harmless",
+    prompt: Annotated[Optional[str], typer.Option(help="the user's prompt text")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="or a prompts file / shipped set")] = None,
+    index: Annotated[int, typer.Option(help="with --prompts: which prompt (0-based)")] = 0,
+    step: Annotated[str, typer.Option(help="response | critique | revision")] = "critique",
+    principle: Annotated[Optional[str], typer.Option(help="principle id (default: the first)")] = None,
+    round: Annotated[int, typer.Option(help="round number")] = 1,
+    answer: Annotated[str, typer.Option(help="the answer being critiqued")] = "<the model's latest answer>",
+    critique: Annotated[str, typer.Option(help="the critique (revision step)")] = "<the model's critique>",
+    model: Annotated[Optional[str], typer.Option(help="also apply this model's chat template")] = None,
+) -> None:
+    """Print the exact chat a model sees for one step of the critique-revision loop."""
+    from .constitution import load_constitution, resolve_constitution_path
+    from .inputs import load_prompts
+    from .stages.critique import build_chat
+
+    if step not in ("response", "critique", "revision"):
+        raise InputError(f"--step must be response, critique or revision (got {step!r})")
+    cons = load_constitution(resolve_constitution_path(constitution))
+    if prompt is not None:
+        chat = [{"role": "user", "content": prompt}]
+    else:
+        items = load_prompts(prompts or "red-team")
+        if not 0 <= index < len(items):
+            raise InputError(f"--index {index} is out of range (0..{len(items) - 1})")
+        chat = items[index].chat
+    try:
+        p = cons.principle(principle) if principle else cons.principles[0]
+    except KeyError:
+        raise InputError(f"no principle {principle!r} in {cons.name}") from None
+    messages = build_chat(cons, chat, step, principle=p, answer=answer, critique=critique, round=round)
+    if model:
+        from .backends import make_backend
+
+        typer.echo(make_backend("hf", model).render(messages))
+        return
+    for m in messages:
+        typer.echo(f"--- {m['role']}\n{m['content']}")
+    typer.echo("--- assistant (generated)")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except ConfigError as err:
+        _err(str(err))  # already one FILE:LINE: field: message line per problem
+        sys.exit(err.exit_code)
+    except CaiError as err:
+        _err(f"error: {err}")
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)

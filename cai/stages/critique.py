@@ -1,0 +1,309 @@
+"""SL-CAI: answer, then critique and revise for N rounds, a principle drawn per round.
+
+For every prompt the model first answers; in round r a principle is drawn (seeded, by weight, from
+the prompt's key and r), the model critiques its latest answer against it, then revises. Each
+critique/revision chat opens with the constitution's few-shot examples, then the prompt and the
+latest answer only (earlier rounds are not repeated: they would crowd a small model's context).
+
+All prompts of a step go to the backend as one call, a chunk of prompts at a time. Every model
+call's result is appended to ``steps.jsonl`` as soon as its batch finishes, and a prompt's full
+chain to ``critiques.jsonl`` when its last round is done; a rerun skips what is there. An empty
+revision keeps the previous answer and is marked; the SFT export uses the last non-empty answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..backends import Backend, Chat, Sampling
+from ..constitution import Constitution, CritiqueExample, Principle
+from ..inputs import PromptItem
+from ..store import RunDir, key, write_jsonl_atomic
+from ..templates import render
+
+STAGE = "critiques"
+
+
+class Reporter(Protocol):
+    def start(self, total_calls: int) -> None: ...
+    def advance(self, calls: int, tokens: int) -> None: ...
+
+
+def _split_system(chat: Chat) -> tuple[Chat, Chat]:
+    n = 0
+    while n < len(chat) and chat[n]["role"] == "system":
+        n += 1
+    return chat[:n], chat[n:]
+
+
+def _as_chat(prompt: str | Sequence[Any]) -> Chat:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in prompt]
+
+
+def _requests(ex_or_principle: CritiqueExample | Principle, constitution: Constitution) -> tuple[str, str]:
+    if isinstance(ex_or_principle, Principle):
+        return ex_or_principle.critique, ex_or_principle.revision
+    if ex_or_principle.principle is not None:
+        p = constitution.principle(ex_or_principle.principle)
+        return p.critique, p.revision
+    return ex_or_principle.critique_request or "", ex_or_principle.revision_request or ""
+
+
+def few_shot_turns(constitution: Constitution) -> Chat:
+    """The constitution's critique/revision examples as earlier turns of the conversation."""
+    turns: Chat = []
+    for r, ex in enumerate(constitution.few_shot.critique, start=1):
+        crit, rev = _requests(ex, constitution)
+        turns += _split_system(_as_chat(ex.prompt))[1]
+        turns += [
+            {"role": "assistant", "content": ex.response},
+            {"role": "user", "content": render("critique", request=crit, round=1)},
+            {"role": "assistant", "content": ex.critique},
+            {"role": "user", "content": render("revision", request=rev, round=1)},
+            {"role": "assistant", "content": ex.revision},
+        ]
+    return turns
+
+
+def build_chat(
+    constitution: Constitution,
+    prompt: Chat,
+    step: str,
+    *,
+    principle: Principle | None = None,
+    answer: str = "",
+    critique: str = "",
+    round: int = 1,
+) -> Chat:
+    """The exact chat for one step: ``response``, ``critique`` or ``revision``."""
+    if step == "response":
+        return list(prompt)
+    assert principle is not None
+    system, convo = _split_system(prompt)
+    chat = system + few_shot_turns(constitution) + convo
+    chat.append({"role": "assistant", "content": answer})
+    chat.append({"role": "user", "content": render("critique", request=principle.critique, round=round)})
+    if step == "revision":
+        chat.append({"role": "assistant", "content": critique})
+        chat.append({"role": "user", "content": render("revision", request=principle.revision, round=round)})
+    return chat
+
+
+@dataclass(frozen=True)
+class CritiqueSettings:
+    model: str
+    rounds: int
+    sampling: Sampling
+    seed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "rounds": self.rounds, "seed": self.seed,
+                "sampling": self.sampling.as_dict()}
+
+
+@dataclass
+class Unit:
+    item: PromptItem
+    key: str
+    steps: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+
+
+def unit_keys(prompts: Sequence[PromptItem], settings: CritiqueSettings, chash: str) -> list[str]:
+    """Content keys: identical prompts get distinct keys by their occurrence number."""
+    seen: Counter = Counter()
+    keys = []
+    for item in prompts:
+        occurrence = seen[item.messages]
+        seen[item.messages] += 1
+        keys.append(key(STAGE, settings.as_dict(), chash, item.messages, occurrence))
+    return keys
+
+
+def plan(constitution: Constitution, prompts: Sequence[PromptItem], rounds: int,
+         max_new_tokens: int) -> dict[str, Any]:
+    """What a run would do, with no model loaded (for ``--dry-run``). Tokens ~ characters / 4."""
+    shot = sum(len(m["content"]) for m in few_shot_turns(constitution))
+    req = max(len(p.critique) + len(p.revision) for p in constitution.principles) + 200
+    prompt_chars = sum(sum(len(c) for _, c in item.messages) for item in prompts)
+    n = len(prompts)
+    answer = max_new_tokens * 4
+    per_round = 2 * shot + 2 * (prompt_chars + n * answer) + n * (req + answer)
+    return {
+        "prompts": n,
+        "model_calls": {"response": n, "critique": n * rounds, "revision": n * rounds},
+        "total_calls": n * (1 + 2 * rounds),
+        "prompt_tokens_estimate": (prompt_chars + rounds * per_round) // 4,
+        "max_new_tokens_total": n * (1 + 2 * rounds) * max_new_tokens,
+    }
+
+
+def _step_sampling(settings: CritiqueSettings, chunk: int, step: str, rnd: int) -> Sampling:
+    s = settings.sampling
+    derived = int(key(settings.seed, chunk, step, rnd)[:8], 16)
+    return Sampling(s.max_new_tokens, s.temperature, s.top_p, 1, derived)
+
+
+def _run_step(backend: Backend, units: list[Unit], step: str, rnd: int, chats: list[Chat],
+              settings: CritiqueSettings, chunk: int, steps_log, reporter, principles) -> int:
+    todo = [i for i, u in enumerate(units) if (step, rnd) not in u.steps]
+    if not todo:
+        return 0
+    progress = reporter.advance if reporter else None
+    outs = backend.generate([chats[i] for i in todo], _step_sampling(settings, chunk, step, rnd), progress)
+    new = []
+    for i, comps in zip(todo, outs):
+        c = comps[0]
+        rec = {"key": key(units[i].key, step, rnd), "unit": units[i].key, "step": step, "round": rnd,
+               "principle": principles[i].id if principles else None,
+               "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason}
+        units[i].steps[(step, rnd)] = rec
+        new.append(rec)
+    steps_log.append(new)
+    return sum(r["tokens"] for r in new)
+
+
+def _record(u: Unit, constitution: Constitution, settings: CritiqueSettings, backend_name: str) -> dict:
+    prompt = u.item.chat
+    current = u.steps[("response", 0)]["text"]
+    rounds = []
+    truncated = u.steps[("response", 0)]["finish_reason"] == "length"
+    for r in range(1, settings.rounds + 1):
+        p = constitution.principle(u.steps[("critique", r)]["principle"])
+        crit, rev = u.steps[("critique", r)], u.steps[("revision", r)]
+        empty = not rev["text"].strip()
+        rounds.append({
+            "round": r,
+            "principle": p.id,
+            "critique_request": render("critique", request=p.critique, round=r),
+            "critique": crit["text"],
+            "revision_request": render("revision", request=p.revision, round=r),
+            "revision": rev["text"],
+            "finish_reasons": {"critique": crit["finish_reason"], "revision": rev["finish_reason"]},
+            "empty_revision": empty,
+        })
+        if not empty:
+            current = rev["text"]
+            truncated = rev["finish_reason"] == "length"
+    tokens = sum(s["tokens"] for s in u.steps.values())
+    return {
+        "id": u.item.id,
+        "key": u.key,
+        "prompt": prompt,
+        "initial_response": u.steps[("response", 0)]["text"],
+        "rounds": rounds,
+        "final_response": current,
+        "final_truncated": truncated,
+        "model": settings.model,
+        "backend": backend_name,
+        "sampling": settings.sampling.as_dict(),
+        "seed": settings.seed,
+        "constitution": {"name": constitution.name, "version": constitution.version,
+                         "hash": constitution.hash},
+        "generated_tokens": tokens,
+        "meta": u.item.meta,
+    }
+
+
+def critique_revise(
+    constitution: Constitution,
+    prompts: Sequence[PromptItem],
+    backend: Backend,
+    run: RunDir,
+    settings: CritiqueSettings,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the SL-CAI stage into ``run``; returns counts and timings."""
+    t0 = time.perf_counter()
+    keys = unit_keys(prompts, settings, constitution.hash)
+    critiques, steps_log = run.log("critiques.jsonl"), run.log("steps.jsonl")
+    done = {r["key"] for r in critiques.read()}
+    pending = [Unit(item, k) for item, k in zip(prompts, keys) if k not in done]
+    wanted = {u.key: u for u in pending}
+    for rec in steps_log.read():
+        u = wanted.get(rec.get("unit"))
+        if u is not None:
+            u.steps[(rec["step"], rec["round"])] = rec
+    cached_calls = sum(len(u.steps) for u in pending)
+    total_calls = len(pending) * (1 + 2 * settings.rounds) - cached_calls
+    if reporter:
+        reporter.start(total_calls)
+    tokens = 0
+    gen_time = 0.0
+    for c0 in range(0, len(pending), backend.chunk_size):
+        chunk = pending[c0 : c0 + backend.chunk_size]
+        tg = time.perf_counter()
+        tokens += _run_step(backend, chunk, "response", 0, [u.item.chat for u in chunk],
+                            settings, c0, steps_log, reporter, None)
+        for r in range(1, settings.rounds + 1):
+            principles = [constitution.draw(settings.seed, u.key, r) for u in chunk]
+            answers = [_latest(u, r) for u in chunk]
+            chats = [build_chat(constitution, u.item.chat, "critique", principle=p, answer=a, round=r)
+                     for u, p, a in zip(chunk, principles, answers)]
+            tokens += _run_step(backend, chunk, "critique", r, chats, settings, c0, steps_log,
+                                reporter, principles)
+            chats = [build_chat(constitution, u.item.chat, "revision", principle=p, answer=a,
+                                critique=u.steps[("critique", r)]["text"], round=r)
+                     for u, p, a in zip(chunk, principles, answers)]
+            tokens += _run_step(backend, chunk, "revision", r, chats, settings, c0, steps_log,
+                                reporter, principles)
+        gen_time += time.perf_counter() - tg
+        critiques.append(_record(u, constitution, settings, backend.name) for u in chunk)
+    summary = export_sft(run, keys)
+    summary.update({
+        "prompts": len(prompts),
+        "resumed_from": len(prompts) - len(pending),
+        "generated_now": len(pending),
+        "model_calls_now": total_calls,
+        "recovered_bytes": critiques.recovered + steps_log.recovered,
+        "generated_tokens_now": tokens,
+        "generation_seconds": round(gen_time, 3),
+        "tokens_per_second": round(tokens / gen_time, 2) if gen_time else None,
+        "stage_seconds": round(time.perf_counter() - t0, 3),
+    })
+    return summary
+
+
+def _latest(u: Unit, rnd: int) -> str:
+    """The answer going into round ``rnd``: the last non-empty revision, else the first answer."""
+    for r in range(rnd - 1, 0, -1):
+        text = u.steps[("revision", r)]["text"]
+        if text.strip():
+            return text
+    return u.steps[("response", 0)]["text"]
+
+
+def export_sft(run: RunDir, keys: Sequence[str]) -> dict[str, Any]:
+    """Write ``sft.jsonl`` (TRL conversational format) from the finished records, in input order."""
+    by_key = {r["key"]: r for r in run.log("critiques.jsonl").read()}
+    rows, empty, truncated, principles = [], 0, 0, Counter()
+    for k in keys:
+        rec = by_key.get(k)
+        if rec is None:
+            continue
+        for rd in rec["rounds"]:
+            principles[rd["principle"]] += 1
+        if not rec["final_response"].strip():
+            empty += 1
+            continue
+        truncated += rec["final_truncated"]
+        rows.append({
+            "messages": rec["prompt"] + [{"role": "assistant", "content": rec["final_response"]}],
+            "id": rec["id"],
+            "key": rec["key"],
+            "principles": [rd["principle"] for rd in rec["rounds"]],
+            "revised": rec["final_response"] != rec["initial_response"],
+            "truncated": rec["final_truncated"],
+            "constitution": rec["constitution"]["name"],
+            "constitution_hash": rec["constitution"]["hash"],
+        })
+    write_jsonl_atomic(run.path / "sft.jsonl", rows)
+    empty_revisions = sum(rd["empty_revision"] for rec in by_key.values() for rd in rec["rounds"])
+    return {"records": len([k for k in keys if k in by_key]), "sft_rows": len(rows),
+            "dropped_empty": empty, "sft_truncated": truncated,
+            "empty_revisions": empty_revisions, "principle_draws": dict(principles)}

@@ -1,0 +1,159 @@
+"""The run directory: append-only JSONL, content-hash keys, a lock, an atomic manifest.
+
+A unit of work is keyed by a hash of what determines its result (:func:`key`). Records are
+appended and flushed (and fsynced) as they finish, so a killed run loses at most the batch in
+flight; a rerun reads the keys already present and skips them. A last line cut short by a kill is
+dropped on reading (and cut from the file), not fatal. Final exports go through
+:func:`write_atomic`. One process at a time: :class:`RunDir` holds an exclusive ``flock``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError, RunLockedError
+
+
+def key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts.
+
+    >>> key("critiques", {"t": 0.0}) == key("critiques", {"t": 0.0})
+    True
+    """
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def dumps(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+class JsonlLog:
+    """An append-only JSONL file that survives being killed mid-write."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.recovered = 0  # bytes of a cut-short last line dropped when reading
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        """Records in file order. A broken *last* line is cut off; a broken inner line is an error."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            data = f.read()
+        good_end = 0
+        lines = data.split(b"\n")
+        for i, raw in enumerate(lines):
+            last = i == len(lines) - 1
+            if not raw.strip():
+                good_end += len(raw) + (0 if last else 1)
+                continue
+            try:
+                record = json.loads(raw)
+                if last:  # complete JSON but no newline: keep it, add the newline
+                    with open(self.path, "ab") as f:
+                        f.write(b"\n")
+            except json.JSONDecodeError:
+                if last or all(not x.strip() for x in lines[i + 1 :]):
+                    self._truncate(good_end, len(data) - good_end)
+                    return
+                raise InputError(f"{self.path}:{i + 1}: corrupt record (not JSON)") from None
+            good_end += len(raw) + 1
+            yield record
+
+    def _truncate(self, size: int, dropped: int) -> None:
+        with open(self.path, "r+b") as f:
+            f.truncate(size)
+        self.recovered += dropped
+
+    def append(self, records: Iterable[dict[str, Any]]) -> int:
+        lines = "".join(dumps(r) + "\n" for r in records)
+        if not lines:
+            return 0
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        return lines.count("\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
+    rows = [dumps(r) for r in records]
+    write_atomic(path, "".join(r + "\n" for r in rows))
+    return len(rows)
+
+
+class RunDir:
+    """A run directory held by this process alone while open (``with RunDir(p) as run:``)."""
+
+    LOCK = ".cai.lock"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_file = None
+
+    def __enter__(self) -> RunDir:
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path}: exists and is not a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / self.LOCK, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise RunLockedError(
+                f"{self.path}: another cai run is writing here (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock_file = f
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def log(self, name: str) -> JsonlLog:
+        return JsonlLog(self.path / name)
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        p = self.path / "manifest.json"
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(f"{p}: not valid JSON; move it away to start this run again") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_atomic(self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
