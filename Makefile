@@ -27,6 +27,7 @@ demo: setup
 		--prompts red-team --limit 12 --rounds 2 --max-new-tokens 96 --out runs/demo
 
 test: setup
+	$(VENV)/bin/ruff check cai tests bench cli.py
 	$(PY) -m pytest -q
 
 test-fast: setup

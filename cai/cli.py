@@ -17,12 +17,19 @@ import typer
 
 from .errors import CaiError, ConfigError, InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  pretty_exceptions_enable=False, help="Constitutional AI and RLAIF.")
-constitution_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                               help="Validate, show and import constitutions.")
-generate_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                           help="Generate training data from a constitution.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    help="Constitutional AI and RLAIF.",
+)
+constitution_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Validate, show and import constitutions."
+)
+generate_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Generate training data from a constitution."
+)
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(generate_app, name="generate")
 
@@ -32,6 +39,7 @@ def _err(text: str) -> None:
 
 
 # ---------------------------------------------------------------- constitutions
+
 
 @constitution_app.command("validate")
 def constitution_validate(files: Annotated[list[Path], typer.Argument(help="YAML files")]) -> None:
@@ -44,22 +52,31 @@ def constitution_validate(files: Annotated[list[Path], typer.Argument(help="YAML
     if problems:
         raise typer.Exit(2)
     total = sum(len(c.principles) for c in good)
-    typer.echo(f"ok: {len(good)} constitution(s), {total} principles "
-               f"({', '.join(f'{c.name} {c.hash[:8]}' for c in good)})")
+    typer.echo(
+        f"ok: {len(good)} constitution(s), {total} principles "
+        f"({', '.join(f'{c.name} {c.hash[:8]}' for c in good)})"
+    )
 
 
 @constitution_app.command("show")
 def constitution_show(
     file: Path,
-    as_json: Annotated[bool, typer.Option("--json", help="print the resolved constitution as JSON")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the resolved constitution as JSON")
+    ] = False,
 ) -> None:
     """Print the resolved constitution (with `extends` merged)."""
     from .constitution import load_constitution
 
     c = load_constitution(file)
     if as_json:
-        typer.echo(json.dumps({**c.to_dict(), "hash": c.hash, "files": list(c.files)}, indent=2,
-                              ensure_ascii=False))
+        typer.echo(
+            json.dumps(
+                {**c.to_dict(), "hash": c.hash, "files": list(c.files)},
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return
     typer.echo(f"{c.name} v{c.version}  hash {c.hash}  from {' <- '.join(reversed(c.files))}")
     if c.description:
@@ -72,8 +89,10 @@ def constitution_show(
         typer.echo(f"    critique: {p.critique.strip()}")
         typer.echo(f"    revision: {p.revision.strip()}")
         typer.echo(f"    compare:  {p.compare.strip()}")
-    typer.echo(f"\nfew-shot: {len(c.few_shot.critique)} critique/revision, "
-               f"{len(c.few_shot.compare)} comparison example(s)")
+    typer.echo(
+        f"\nfew-shot: {len(c.few_shot.critique)} critique/revision, "
+        f"{len(c.few_shot.compare)} comparison example(s)"
+    )
 
 
 @constitution_app.command("import")
@@ -81,8 +100,12 @@ def constitution_import(
     file: Path,
     fmt: Annotated[str, typer.Option("--format", help="anthropic | hf")],
     out: Annotated[Path, typer.Option(help="where to write the YAML")],
-    compare: Annotated[Optional[Path], typer.Option(help="anthropic: JSON list of comparison principles")] = None,
-    few_shot: Annotated[Optional[Path], typer.Option(help="anthropic: JSON list of few-shot transcripts")] = None,
+    compare: Annotated[
+        Optional[Path], typer.Option(help="anthropic: JSON list of comparison principles")
+    ] = None,
+    few_shot: Annotated[
+        Optional[Path], typer.Option(help="anthropic: JSON list of few-shot transcripts")
+    ] = None,
     name: Annotated[Optional[str], typer.Option(help="name of the new constitution")] = None,
 ) -> None:
     """Convert a published constitution file to cai's YAML."""
@@ -100,18 +123,32 @@ def constitution_import(
 
 # ---------------------------------------------------------------- critiques
 
+
 class _Progress:
     """A rich progress bar on stderr: model calls done, ETA and generated tokens per second."""
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]} tok/s"), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.task = None
         self.tokens = 0
         self.t0 = time.perf_counter()
@@ -143,9 +180,15 @@ def _versions() -> dict[str, str]:
 
 @generate_app.command("critiques")
 def generate_critiques(
-    constitution: Annotated[str, typer.Option(help="constitution YAML (or a shipped name)")] = "harmless",
-    prompts: Annotated[str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red-team | helpful")] = "red-team",
-    model: Annotated[str, typer.Option(help="default | a model folder | a .gguf file | org/name")] = "default",
+    constitution: Annotated[
+        str, typer.Option(help="constitution YAML (or a shipped name)")
+    ] = "harmless",
+    prompts: Annotated[
+        str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red-team | helpful")
+    ] = "red-team",
+    model: Annotated[
+        str, typer.Option(help="default | a model folder | a .gguf file | org/name")
+    ] = "default",
     rounds: Annotated[int, typer.Option(help="critique-revision rounds per prompt")] = 2,
     max_new_tokens: Annotated[int, typer.Option(help="tokens per generated text at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
@@ -155,9 +198,15 @@ def generate_critiques(
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/critiques"),
     backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
-    chunk_size: Annotated[Optional[int], typer.Option(
-        help="prompts per backend call (a kill loses at most one call); default: the engine's")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan; load no model")] = False,
+    chunk_size: Annotated[
+        Optional[int],
+        typer.Option(
+            help="prompts per backend call (a kill loses at most one call); default: the engine's"
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan; load no model")
+    ] = False,
 ) -> None:
     """SL-CAI: answer each prompt, then critique and revise it for N rounds."""
     from .backends import Sampling, make_backend, pick_backend
@@ -180,14 +229,34 @@ def generate_critiques(
     chosen_backend = pick_backend(backend)
     cons = load_constitution(resolve_constitution_path(constitution))
     items = load_prompts(prompts, limit)
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    sampling = Sampling(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
     if dry_run:
         info = plan(cons, items, rounds, max_new_tokens)
-        typer.echo(json.dumps({"plan": info, "settings": {
-            "constitution": {"name": cons.name, "version": cons.version, "hash": cons.hash,
-                             "files": list(cons.files)},
-            "prompts": prompts, "model": model, "backend": chosen_backend, "rounds": rounds,
-            "sampling": sampling.as_dict(), "seed": seed, "out": str(out)}}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "plan": info,
+                    "settings": {
+                        "constitution": {
+                            "name": cons.name,
+                            "version": cons.version,
+                            "hash": cons.hash,
+                            "files": list(cons.files),
+                        },
+                        "prompts": prompts,
+                        "model": model,
+                        "backend": chosen_backend,
+                        "rounds": rounds,
+                        "sampling": sampling.as_dict(),
+                        "seed": seed,
+                        "out": str(out),
+                    },
+                },
+                indent=2,
+            )
+        )
         for item in items[:5]:
             typer.echo(f"  {item.id}: {item.messages[-1][1][:100]!r}")
         if len(items) > 5:
@@ -199,20 +268,36 @@ def generate_critiques(
     with RunDir(out) as run:
         old = run.read_manifest()
         if old and old.get("settings") != manifest_settings:
-            diff = [k for k in manifest_settings if (old.get("settings") or {}).get(k) != manifest_settings[k]]
-            raise InputError(f"{out} holds a run with other settings ({', '.join(diff)} differ); "
-                             "choose another --out or remove it")
+            diff = [
+                k
+                for k in manifest_settings
+                if (old.get("settings") or {}).get(k) != manifest_settings[k]
+            ]
+            raise InputError(
+                f"{out} holds a run with other settings ({', '.join(diff)} differ); "
+                "choose another --out or remove it"
+            )
         t0 = time.perf_counter()
         options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
         if chunk_size:
             options["chunk_size"] = chunk_size
         engine = make_backend(chosen_backend, model, **options)
         load_s = time.perf_counter() - t0
-        manifest = {"settings": manifest_settings, "status": "running",
-                    "constitution": {"name": cons.name, "version": cons.version, "hash": cons.hash,
-                                     "files": list(cons.files)},
-                    "prompts": prompts, "model_path": resolved.path, "backend": engine.name,
-                    "versions": _versions(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest = {
+            "settings": manifest_settings,
+            "status": "running",
+            "constitution": {
+                "name": cons.name,
+                "version": cons.version,
+                "hash": cons.hash,
+                "files": list(cons.files),
+            },
+            "prompts": prompts,
+            "model_path": resolved.path,
+            "backend": engine.name,
+            "versions": _versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         run.write_manifest(manifest)
         progress = _Progress()
         try:
@@ -220,13 +305,20 @@ def generate_critiques(
         except KeyboardInterrupt:
             progress.stop()
             done = sum(1 for _ in run.log("critiques.jsonl").read())
-            _err(f"interrupted: {done} finished prompt(s) are kept in {out}; "
-                 "run the same command again to resume")
+            _err(
+                f"interrupted: {done} finished prompt(s) are kept in {out}; "
+                "run the same command again to resume"
+            )
             raise typer.Exit(130) from None
         progress.stop()
         summary["model_load_seconds"] = round(load_s, 3)
-        manifest.update({"status": "complete", "counts": summary,
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        manifest.update(
+            {
+                "status": "complete",
+                "counts": summary,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         run.write_manifest(manifest)
     typer.echo(
         f"done: {summary['records']} prompts ({summary['resumed_from']} already done), "
@@ -234,8 +326,10 @@ def generate_critiques(
         + (f" at {summary['tokens_per_second']} tok/s" if summary["tokens_per_second"] else "")
     )
     if summary["dropped_empty"] or summary["empty_revisions"]:
-        typer.echo(f"note: {summary['empty_revisions']} empty revision(s) kept the previous answer; "
-                   f"{summary['dropped_empty']} prompt(s) left out of the SFT data (no answer)")
+        typer.echo(
+            f"note: {summary['empty_revisions']} empty revision(s) kept the previous answer; "
+            f"{summary['dropped_empty']} prompt(s) left out of the SFT data (no answer)"
+        )
     typer.echo(f"critique log: {out / 'critiques.jsonl'}")
     typer.echo(f"SFT data:     {out / 'sft.jsonl'} ({summary['sft_rows']} rows)")
     typer.echo(f"manifest:     {out / 'manifest.json'}")
@@ -243,16 +337,26 @@ def generate_critiques(
 
 @app.command("show-prompt")
 def show_prompt(
-    constitution: Annotated[str, typer.Option(help="constitution YAML (or a shipped name)")] = "harmless",
+    constitution: Annotated[
+        str, typer.Option(help="constitution YAML (or a shipped name)")
+    ] = "harmless",
     prompt: Annotated[Optional[str], typer.Option(help="the user's prompt text")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="or a prompts file / shipped set")] = None,
     index: Annotated[int, typer.Option(help="with --prompts: which prompt (0-based)")] = 0,
     step: Annotated[str, typer.Option(help="response | critique | revision")] = "critique",
-    principle: Annotated[Optional[str], typer.Option(help="principle id (default: the first)")] = None,
+    principle: Annotated[
+        Optional[str], typer.Option(help="principle id (default: the first)")
+    ] = None,
     round: Annotated[int, typer.Option(help="round number")] = 1,
-    answer: Annotated[str, typer.Option(help="the answer being critiqued")] = "<the model's latest answer>",
-    critique: Annotated[str, typer.Option(help="the critique (revision step)")] = "<the model's critique>",
-    model: Annotated[Optional[str], typer.Option(help="also apply this model's chat template")] = None,
+    answer: Annotated[
+        str, typer.Option(help="the answer being critiqued")
+    ] = "<the model's latest answer>",
+    critique: Annotated[
+        str, typer.Option(help="the critique (revision step)")
+    ] = "<the model's critique>",
+    model: Annotated[
+        Optional[str], typer.Option(help="also apply this model's chat template")
+    ] = None,
 ) -> None:
     """Print the exact chat a model sees for one step of the critique-revision loop."""
     from .constitution import load_constitution, resolve_constitution_path
@@ -273,7 +377,9 @@ def show_prompt(
         p = cons.principle(principle) if principle else cons.principles[0]
     except KeyError:
         raise InputError(f"no principle {principle!r} in {cons.name}") from None
-    messages = build_chat(cons, chat, step, principle=p, answer=answer, critique=critique, round=round)
+    messages = build_chat(
+        cons, chat, step, principle=p, answer=answer, critique=critique, round=round
+    )
     if model:
         from .backends import make_backend
 

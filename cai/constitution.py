@@ -8,7 +8,8 @@ A constitution is a YAML file (see ``constitutions/harmless.yaml``)::
     principles:
       - {id: ..., critique: ..., revision: ..., compare: ..., weight: 1.0, tags: [...]}
     few_shot:
-      critique: [{prompt, response, principle | critique_request+revision_request, critique, revision}]
+      critique: [{prompt, response, principle (or critique_request + revision_request),
+                  critique, revision}]
       compare:  [{prompt, response_a, response_b, principle | question, answer: A|B}]
 
 ``load_constitution(path)`` validates the file and everything it extends in one pass and raises a
@@ -171,7 +172,9 @@ class Constitution:
             "name": self.name,
             "version": self.version,
             "description": self.description,
-            "principles": [p.model_dump(mode="json", exclude_defaults=True) for p in self.principles],
+            "principles": [
+                p.model_dump(mode="json", exclude_defaults=True) for p in self.principles
+            ],
             "few_shot": self.few_shot.model_dump(mode="json", exclude_none=True),
         }
 
@@ -225,8 +228,12 @@ def _load_chain(path: Path, stack: tuple[Path, ...], problems: list[Problem]) ->
         if isinstance(pid, str):
             if pid in seen:
                 problems.append(
-                    Problem(file, where.line(("principles", i, "id")), f"principles[{i}].id",
-                            f"duplicate principle id {pid!r} (also principles[{seen[pid]}])")
+                    Problem(
+                        file,
+                        where.line(("principles", i, "id")),
+                        f"principles[{i}].id",
+                        f"duplicate principle id {pid!r} (also principles[{seen[pid]}])",
+                    )
                 )
             seen.setdefault(pid, i)
     chain: list[_Loaded] = []
@@ -252,8 +259,14 @@ def _check_references(chain: list[_Loaded], ids: set[str], problems: list[Proble
             for i, ex in enumerate(getattr(item.spec.few_shot, kind)):
                 if ex.principle is not None and ex.principle not in ids:
                     loc = ("few_shot", kind, i, "principle")
-                    problems.append(Problem(str(item.path), item.where.line(loc), loc_to_field(loc),
-                                            f"no principle with id {ex.principle!r}"))
+                    problems.append(
+                        Problem(
+                            str(item.path),
+                            item.where.line(loc),
+                            loc_to_field(loc),
+                            f"no principle with id {ex.principle!r}",
+                        )
+                    )
 
 
 def load_constitution(path: str | Path) -> Constitution:
@@ -272,8 +285,14 @@ def load_constitution(path: str | Path) -> Constitution:
     if not problems and chain:
         if not merged:
             top = chain[-1]
-            problems.append(Problem(str(top.path), top.where.line(("principles",)), "principles",
-                                    "at least one principle is required"))
+            problems.append(
+                Problem(
+                    str(top.path),
+                    top.where.line(("principles",)),
+                    "principles",
+                    "at least one principle is required",
+                )
+            )
         _check_references(chain, set(merged), problems)
     if problems or not chain:
         raise ConfigError(problems)

@@ -60,10 +60,16 @@ def _messages(path: Path, line: int, value: Any) -> tuple[tuple[str, str], ...]:
         raise _err(path, line, "messages: must be a non-empty list of {role, content}")
     out = []
     for i, m in enumerate(value):
-        if not isinstance(m, dict) or set(m) - {"role", "content"} or not {"role", "content"} <= set(m):
+        if (
+            not isinstance(m, dict)
+            or set(m) - {"role", "content"}
+            or not {"role", "content"} <= set(m)
+        ):
             raise _err(path, line, f"messages[{i}]: must have exactly `role` and `content`")
         if m["role"] not in ("system", "user", "assistant") or not isinstance(m["content"], str):
-            raise _err(path, line, f"messages[{i}]: role must be system/user/assistant, content text")
+            raise _err(
+                path, line, f"messages[{i}]: role must be system/user/assistant, content text"
+            )
         out.append((m["role"], m["content"]))
     if out[-1][0] != "user":
         raise _err(path, line, "messages: the last turn must be the user's")
@@ -81,7 +87,9 @@ def _row_item(path: Path, line: int, row: dict[str, Any], index: int) -> PromptI
     elif row.get("messages") is not None:
         messages = _messages(path, line, row["messages"])
     else:
-        raise _err(path, line, f"no usable column: expected `prompt` or `messages`, found {sorted(row)}")
+        raise _err(
+            path, line, f"no usable column: expected `prompt` or `messages`, found {sorted(row)}"
+        )
     rid = row.get("id")
     pid = str(rid) if rid not in (None, "") else f"{path.stem}-{index:05d}"
     meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "messages") and _is_plain(v)}
@@ -103,7 +111,11 @@ def _rows(path: Path):
         except Exception as err:  # pyarrow raises several types for a bad file
             raise _err(path, None, f"not a readable parquet file ({type(err).__name__})") from None
         if not {"prompt", "messages"} & set(table.column_names):
-            raise _err(path, None, f"no usable column: expected `prompt` or `messages`, found {table.column_names}")
+            raise _err(
+                path,
+                None,
+                f"no usable column: expected `prompt` or `messages`, found {table.column_names}",
+            )
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
         return
@@ -127,7 +139,9 @@ def _rows(path: Path):
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
         if header and not {"prompt", "messages"} & set(header):
-            raise _err(path, 1, f"no usable column: expected `prompt` or `messages`, found {header}")
+            raise _err(
+                path, 1, f"no usable column: expected `prompt` or `messages`, found {header}"
+            )
         for row in reader:
             yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
 
@@ -139,7 +153,9 @@ def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
         names = ", ".join(shipped_promptsets())
         raise _err(path, None, f"file not found (shipped sets: {names})")
     if path.suffix.lower() not in SUFFIXES:
-        raise _err(path, None, f"unsupported prompts file type {path.suffix!r}: use {', '.join(SUFFIXES)}")
+        raise _err(
+            path, None, f"unsupported prompts file type {path.suffix!r}: use {', '.join(SUFFIXES)}"
+        )
     items: list[PromptItem] = []
     seen: dict[str, int] = {}
     for index, (line, row) in enumerate(_rows(path), start=1):

@@ -32,12 +32,15 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    label: str   # what records and manifests call it
-    path: str    # a folder transformers/vLLM load, or a hub id
+    label: str  # what records and manifests call it
+    path: str  # a folder transformers/vLLM load, or a hub id
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cai"
+    root = (
+        os.environ.get("CAI_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cai"
+    )
     return Path(root)
 
 
@@ -110,7 +113,10 @@ def cached_gguf(gguf: Path, label: str) -> Path:
 
 
 def fix_chatml_specials(tok, model) -> None:
-    """GGUF conversion of ChatML models sets eos to ``<|im_start|>``; the turn ends at ``<|im_end|>``."""
+    """GGUF conversion of ChatML models sets eos to ``<|im_start|>``; a turn ends at ``<|im_end|>``.
+
+    Fix the tokenizer and generation config so generation stops at the end of the turn.
+    """
     vocab = tok.get_vocab()
     if "<|im_end|>" in vocab and tok.eos_token != "<|im_end|>":
         tok.eos_token = "<|im_end|>"

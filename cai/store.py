@@ -43,7 +43,10 @@ class JsonlLog:
         self.recovered = 0  # bytes of a cut-short last line dropped when reading
 
     def read(self) -> Iterator[dict[str, Any]]:
-        """Records in file order. A broken *last* line is cut off; a broken inner line is an error."""
+        """Records in file order.
+
+        A broken *last* line is cut off the file; a broken inner line is an error.
+        """
         if not self.path.exists():
             return
         with open(self.path, "rb") as f:
@@ -145,7 +148,11 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
         # A run that failed before writing anything leaves no directory behind.
-        if exc_type is not None and self._created and {p.name for p in self.path.iterdir()} <= {self.LOCK}:
+        if (
+            exc_type is not None
+            and self._created
+            and {p.name for p in self.path.iterdir()} <= {self.LOCK}
+        ):
             (self.path / self.LOCK).unlink(missing_ok=True)
             self.path.rmdir()
 
@@ -162,4 +169,6 @@ class RunDir:
             raise InputError(f"{p}: not valid JSON; move it away to start this run again") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_atomic(self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_atomic(
+            self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+        )

@@ -28,9 +28,17 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     tok = AutoTokenizer.from_pretrained(default.path)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
-        tie_word_embeddings=True, initializer_range=0.5, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        initializer_range=0.5,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     model = LlamaForCausalLM(config)
@@ -71,8 +79,15 @@ def cli(capsys):
 def cai_subprocess(*args: str, **kwargs) -> subprocess.Popen:
     """Start ``python -m cai ARGS`` as a real process (for kill, Ctrl-C and lock tests)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cai", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cai", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -80,6 +95,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_prompts(path: Path, n: int, prefix: str = "Question") -> Path:
-    path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"{prefix} number {i}?"}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "prompt": f"{prefix} number {i}?"}) + "\n" for i in range(n)
+        )
+    )
     return path

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from cai.constitution import load_constitution
-from cai.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "constitutions").glob("*.yaml"))
@@ -60,7 +59,10 @@ def test_default_constitution_is_broad():
 
 def test_extends_merges_and_overrides(tmp_path):
     write(tmp_path, "base.yaml", GOOD)
-    child = write(tmp_path, "child.yaml", """\
+    child = write(
+        tmp_path,
+        "child.yaml",
+        """\
         name: child
         version: "2"
         extends: base.yaml
@@ -73,7 +75,8 @@ def test_extends_merges_and_overrides(tmp_path):
             critique: Too long?
             revision: Shorten it.
             compare: Which is briefer?
-        """)
+        """,
+    )
     c = load_constitution(child)
     assert [p.id for p in c.principles] == ["kind", "safe", "brief"]
     assert c.principle("safe").critique == "Overridden critique."
@@ -89,21 +92,39 @@ def test_helpful_harmless_extends_harmless():
 
 
 BAD_CASES = {
-    "malformed": ('name: x\nversion: "1"\nprinciples:\n  - id: a\n   critique: b\n', 5,
-                  "malformed YAML"),
-    "unknown_key": (GOOD.replace("    weight: 3\n", "    weight: 3\n    colour: red\n"), 13,
-                    "principles[1].colour: unknown key"),
-    "missing_key": (GOOD.replace("    compare: Which answer is kinder?\n", ""), 4,
-                    "principles[0].compare: required key is missing"),
+    "malformed": (
+        'name: x\nversion: "1"\nprinciples:\n  - id: a\n   critique: b\n',
+        5,
+        "malformed YAML",
+    ),
+    "unknown_key": (
+        GOOD.replace("    weight: 3\n", "    weight: 3\n    colour: red\n"),
+        13,
+        "principles[1].colour: unknown key",
+    ),
+    "missing_key": (
+        GOOD.replace("    compare: Which answer is kinder?\n", ""),
+        4,
+        "principles[0].compare: required key is missing",
+    ),
     "wrong_type": (GOOD.replace("weight: 3", "weight: heavy"), 12, "principles[1].weight:"),
     "empty_id": (GOOD.replace("id: kind", 'id: ""'), 4, "principles[0].id:"),
-    "duplicate_id": (GOOD.replace("id: safe", "id: kind"), 8,
-                     "principles[1].id: duplicate principle id 'kind'"),
-    "empty_text": (GOOD.replace("Rewrite it kindly.", '"   "'), 6,
-                   "principles[0].revision: must not be empty"),
+    "duplicate_id": (
+        GOOD.replace("id: safe", "id: kind"),
+        8,
+        "principles[1].id: duplicate principle id 'kind'",
+    ),
+    "empty_text": (
+        GOOD.replace("Rewrite it kindly.", '"   "'),
+        6,
+        "principles[0].revision: must not be empty",
+    ),
     "no_principles": ('name: x\nversion: "1"\nprinciples: []\n', 3, "at least one principle"),
-    "bad_reference": (GOOD.replace("principle: kind", "principle: nope"), 17,
-                      "few_shot.critique[0].principle: no principle with id 'nope'"),
+    "bad_reference": (
+        GOOD.replace("principle: kind", "principle: nope"),
+        17,
+        "few_shot.critique[0].principle: no principle with id 'nope'",
+    ),
     "duplicate_yaml_key": ("name: a\nname: b\n" + GOOD.split("\n", 1)[1], 2, "name: duplicate key"),
 }
 

@@ -16,9 +16,25 @@ HARMLESS = ROOT / "constitutions" / "harmless.yaml"
 
 
 def run_critiques(cli, model, prompts, out, *extra):
-    return cli("generate", "critiques", "--constitution", HARMLESS, "--prompts", prompts,
-               "--model", model, "--rounds", "2", "--max-new-tokens", "6", "--out", out,
-               "--backend", "hf", *extra)
+    return cli(
+        "generate",
+        "critiques",
+        "--constitution",
+        HARMLESS,
+        "--prompts",
+        prompts,
+        "--model",
+        model,
+        "--rounds",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        out,
+        "--backend",
+        "hf",
+        *extra,
+    )
 
 
 @pytest.fixture
@@ -54,7 +70,9 @@ def test_outputs_and_records(finished_run):
         rec = by_id[row["id"]]
         assert row["messages"][:-1] == rec["prompt"]
         assert row["messages"][-1] == {"role": "assistant", "content": rec["final_response"]}
-    assert len(sft) + json.loads((out / "manifest.json").read_text())["counts"]["dropped_empty"] == 5
+    assert (
+        len(sft) + json.loads((out / "manifest.json").read_text())["counts"]["dropped_empty"] == 5
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert {"cai", "torch", "transformers", "python"} <= set(manifest["versions"])
@@ -131,8 +149,21 @@ def test_second_run_on_locked_dir_refused(cli, tiny_model, tmp_path):
 
 def test_dry_run_writes_nothing(cli, tmp_path):
     out = tmp_path / "dry"
-    code, stdout, err = cli("generate", "critiques", "--prompts", "red-team", "--limit", "7",
-                            "--rounds", "3", "--model", "no-such-model-needed", "--dry-run", "--out", out)
+    code, stdout, err = cli(
+        "generate",
+        "critiques",
+        "--prompts",
+        "red-team",
+        "--limit",
+        "7",
+        "--rounds",
+        "3",
+        "--model",
+        "no-such-model-needed",
+        "--dry-run",
+        "--out",
+        out,
+    )
     assert code == 0, err
     plan = json.loads(stdout[: stdout.index("\n}\n") + 2])
     assert plan["plan"]["model_calls"] == {"response": 7, "critique": 21, "revision": 21}
@@ -142,8 +173,17 @@ def test_dry_run_writes_nothing(cli, tmp_path):
 
 
 def test_show_prompt(cli):
-    code, out, err = cli("show-prompt", "--constitution", HARMLESS, "--prompt", "How do I pick a lock?",
-                         "--step", "revision", "--principle", "dangerous-capabilities")
+    code, out, err = cli(
+        "show-prompt",
+        "--constitution",
+        HARMLESS,
+        "--prompt",
+        "How do I pick a lock?",
+        "--step",
+        "revision",
+        "--principle",
+        "dangerous-capabilities",
+    )
     assert code == 0, err
     cons = load_constitution(HARMLESS)
     p = cons.principle("dangerous-capabilities")
@@ -154,8 +194,9 @@ def test_show_prompt(cli):
 
 
 def test_show_prompt_with_model_template(cli, tiny_model):
-    code, out, _ = cli("show-prompt", "--prompt", "Hello there", "--step", "critique",
-                       "--model", tiny_model)
+    code, out, _ = cli(
+        "show-prompt", "--prompt", "Hello there", "--step", "critique", "--model", tiny_model
+    )
     assert code == 0
     assert "<|im_start|>user\nHello there<|im_end|>" in out
     assert out.rstrip().endswith("<|im_start|>assistant")
@@ -184,8 +225,20 @@ def test_bad_input_exit_2_no_output(cli, tiny_model, tmp_path, case):
     extra = [subst.get(x, x) for x in extra]
     prompts = write_prompts(tmp_path / "p.jsonl", 2)
     out = tmp_path / "out"
-    args = ["generate", "critiques", "--prompts", prompts, "--model", tiny_model, "--out", out,
-            "--max-new-tokens", "4", "--backend", "hf"]
+    args = [
+        "generate",
+        "critiques",
+        "--prompts",
+        prompts,
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "4",
+        "--backend",
+        "hf",
+    ]
     code, stdout, err = cli(*args, *extra)
     assert code == 2, err
     assert fragment in err

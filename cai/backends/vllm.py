@@ -18,45 +18,74 @@ from . import Chat, Completion, Progress, Sampling
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, model: ResolvedModel, *, chunk_size: int = 2048,
-                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, dtype: str = "auto"):
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        chunk_size: int = 2048,
+        gpu_memory_utilization: float = 0.85,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+    ):
         try:
             from vllm import LLM
         except ImportError as err:
-            raise InputError(f"the vllm engine is not installed ({err}); pip install -e '.[vllm]'") from None
+            raise InputError(
+                f"the vllm engine is not installed ({err}); pip install -e '.[vllm]'"
+            ) from None
         self.model_label = model.label
         self.chunk_size = chunk_size
-        self.llm = LLM(model=model.path, enable_prefix_caching=True, trust_remote_code=False,
-                       gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
-                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+        self.llm = LLM(
+            model=model.path,
+            enable_prefix_caching=True,
+            trust_remote_code=False,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+        )
         self.tok = self.llm.get_tokenizer()
 
     def render(self, chat: Chat) -> str:
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
     def _ids(self, texts: Sequence[str]) -> list[dict]:
-        return [{"prompt_token_ids": self.tok(t, add_special_tokens=False)["input_ids"]} for t in texts]
+        return [
+            {"prompt_token_ids": self.tok(t, add_special_tokens=False)["input_ids"]} for t in texts
+        ]
 
-    def generate(self, chats: Sequence[Chat], params: Sampling,
-                 progress: Progress | None = None) -> list[list[Completion]]:
+    def generate(
+        self, chats: Sequence[Chat], params: Sampling, progress: Progress | None = None
+    ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        sp = SamplingParams(n=params.n, temperature=params.temperature,
-                            top_p=params.top_p if params.temperature > 0 else 1.0,
-                            max_tokens=params.max_new_tokens, seed=params.seed)
+        sp = SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            max_tokens=params.max_new_tokens,
+            seed=params.seed,
+        )
         outs = self.llm.generate(self._ids([self.render(c) for c in chats]), sp, use_tqdm=False)
         result = [
-            [Completion(c.text.strip(), len(c.token_ids),
-                        "length" if c.finish_reason == "length" else "stop") for c in o.outputs]
+            [
+                Completion(
+                    c.text.strip(),
+                    len(c.token_ids),
+                    "length" if c.finish_reason == "length" else "stop",
+                )
+                for c in o.outputs
+            ]
             for o in outs
         ]
         if progress:
             progress(len(result), sum(c.tokens for r in result for c in r))
         return result
 
-    def choice_logprobs(self, prompts: Sequence[Chat | str],
-                        choices: Sequence[str]) -> list[list[float]]:
+    def choice_logprobs(
+        self, prompts: Sequence[Chat | str], choices: Sequence[str]
+    ) -> list[list[float]]:
         """Log-prob of each choice's first token, read from prompt log-probs of prompt+choice."""
         from vllm import SamplingParams
 

@@ -46,7 +46,9 @@ def _as_chat(prompt: str | Sequence[Any]) -> Chat:
     return [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in prompt]
 
 
-def _requests(ex_or_principle: CritiqueExample | Principle, constitution: Constitution) -> tuple[str, str]:
+def _requests(
+    ex_or_principle: CritiqueExample | Principle, constitution: Constitution
+) -> tuple[str, str]:
     if isinstance(ex_or_principle, Principle):
         return ex_or_principle.critique, ex_or_principle.revision
     if ex_or_principle.principle is not None:
@@ -58,7 +60,7 @@ def _requests(ex_or_principle: CritiqueExample | Principle, constitution: Consti
 def few_shot_turns(constitution: Constitution) -> Chat:
     """The constitution's critique/revision examples as earlier turns of the conversation."""
     turns: Chat = []
-    for r, ex in enumerate(constitution.few_shot.critique, start=1):
+    for ex in constitution.few_shot.critique:
         crit, rev = _requests(ex, constitution)
         turns += _split_system(_as_chat(ex.prompt))[1]
         turns += [
@@ -88,10 +90,14 @@ def build_chat(
     system, convo = _split_system(prompt)
     chat = system + few_shot_turns(constitution) + convo
     chat.append({"role": "assistant", "content": answer})
-    chat.append({"role": "user", "content": render("critique", request=principle.critique, round=round)})
+    chat.append(
+        {"role": "user", "content": render("critique", request=principle.critique, round=round)}
+    )
     if step == "revision":
         chat.append({"role": "assistant", "content": critique})
-        chat.append({"role": "user", "content": render("revision", request=principle.revision, round=round)})
+        chat.append(
+            {"role": "user", "content": render("revision", request=principle.revision, round=round)}
+        )
     return chat
 
 
@@ -103,8 +109,12 @@ class CritiqueSettings:
     seed: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "rounds": self.rounds, "seed": self.seed,
-                "sampling": self.sampling.as_dict()}
+        return {
+            "model": self.model,
+            "rounds": self.rounds,
+            "seed": self.seed,
+            "sampling": self.sampling.as_dict(),
+        }
 
 
 @dataclass
@@ -125,8 +135,9 @@ def unit_keys(prompts: Sequence[PromptItem], settings: CritiqueSettings, chash: 
     return keys
 
 
-def plan(constitution: Constitution, prompts: Sequence[PromptItem], rounds: int,
-         max_new_tokens: int) -> dict[str, Any]:
+def plan(
+    constitution: Constitution, prompts: Sequence[PromptItem], rounds: int, max_new_tokens: int
+) -> dict[str, Any]:
     """What a run would do, with no model loaded (for ``--dry-run``). Tokens ~ characters / 4."""
     shot = sum(len(m["content"]) for m in few_shot_turns(constitution))
     req = max(len(p.critique) + len(p.revision) for p in constitution.principles) + 200
@@ -149,26 +160,47 @@ def _step_sampling(settings: CritiqueSettings, chunk: int, step: str, rnd: int) 
     return Sampling(s.max_new_tokens, s.temperature, s.top_p, 1, derived)
 
 
-def _run_step(backend: Backend, units: list[Unit], step: str, rnd: int, chats: list[Chat],
-              settings: CritiqueSettings, chunk: int, steps_log, reporter, principles) -> int:
+def _run_step(
+    backend: Backend,
+    units: list[Unit],
+    step: str,
+    rnd: int,
+    chats: list[Chat],
+    settings: CritiqueSettings,
+    chunk: int,
+    steps_log,
+    reporter,
+    principles,
+) -> int:
     todo = [i for i, u in enumerate(units) if (step, rnd) not in u.steps]
     if not todo:
         return 0
     progress = reporter.advance if reporter else None
-    outs = backend.generate([chats[i] for i in todo], _step_sampling(settings, chunk, step, rnd), progress)
+    outs = backend.generate(
+        [chats[i] for i in todo], _step_sampling(settings, chunk, step, rnd), progress
+    )
     new = []
     for i, comps in zip(todo, outs):
         c = comps[0]
-        rec = {"key": key(units[i].key, step, rnd), "unit": units[i].key, "step": step, "round": rnd,
-               "principle": principles[i].id if principles else None,
-               "text": c.text, "tokens": c.tokens, "finish_reason": c.finish_reason}
+        rec = {
+            "key": key(units[i].key, step, rnd),
+            "unit": units[i].key,
+            "step": step,
+            "round": rnd,
+            "principle": principles[i].id if principles else None,
+            "text": c.text,
+            "tokens": c.tokens,
+            "finish_reason": c.finish_reason,
+        }
         units[i].steps[(step, rnd)] = rec
         new.append(rec)
     steps_log.append(new)
     return sum(r["tokens"] for r in new)
 
 
-def _record(u: Unit, constitution: Constitution, settings: CritiqueSettings, backend_name: str) -> dict:
+def _record(
+    u: Unit, constitution: Constitution, settings: CritiqueSettings, backend_name: str
+) -> dict:
     prompt = u.item.chat
     current = u.steps[("response", 0)]["text"]
     rounds = []
@@ -177,16 +209,21 @@ def _record(u: Unit, constitution: Constitution, settings: CritiqueSettings, bac
         p = constitution.principle(u.steps[("critique", r)]["principle"])
         crit, rev = u.steps[("critique", r)], u.steps[("revision", r)]
         empty = not rev["text"].strip()
-        rounds.append({
-            "round": r,
-            "principle": p.id,
-            "critique_request": render("critique", request=p.critique, round=r),
-            "critique": crit["text"],
-            "revision_request": render("revision", request=p.revision, round=r),
-            "revision": rev["text"],
-            "finish_reasons": {"critique": crit["finish_reason"], "revision": rev["finish_reason"]},
-            "empty_revision": empty,
-        })
+        rounds.append(
+            {
+                "round": r,
+                "principle": p.id,
+                "critique_request": render("critique", request=p.critique, round=r),
+                "critique": crit["text"],
+                "revision_request": render("revision", request=p.revision, round=r),
+                "revision": rev["text"],
+                "finish_reasons": {
+                    "critique": crit["finish_reason"],
+                    "revision": rev["finish_reason"],
+                },
+                "empty_revision": empty,
+            }
+        )
         if not empty:
             current = rev["text"]
             truncated = rev["finish_reason"] == "length"
@@ -203,8 +240,11 @@ def _record(u: Unit, constitution: Constitution, settings: CritiqueSettings, bac
         "backend": backend_name,
         "sampling": settings.sampling.as_dict(),
         "seed": settings.seed,
-        "constitution": {"name": constitution.name, "version": constitution.version,
-                         "hash": constitution.hash},
+        "constitution": {
+            "name": constitution.name,
+            "version": constitution.version,
+            "hash": constitution.hash,
+        },
         "generated_tokens": tokens,
         "meta": u.item.meta,
     }
@@ -238,34 +278,59 @@ def critique_revise(
     for c0 in range(0, len(pending), backend.chunk_size):
         chunk = pending[c0 : c0 + backend.chunk_size]
         tg = time.perf_counter()
-        tokens += _run_step(backend, chunk, "response", 0, [u.item.chat for u in chunk],
-                            settings, c0, steps_log, reporter, None)
+        tokens += _run_step(
+            backend,
+            chunk,
+            "response",
+            0,
+            [u.item.chat for u in chunk],
+            settings,
+            c0,
+            steps_log,
+            reporter,
+            None,
+        )
         for r in range(1, settings.rounds + 1):
             principles = [constitution.draw(settings.seed, u.key, r) for u in chunk]
             answers = [_latest(u, r) for u in chunk]
-            chats = [build_chat(constitution, u.item.chat, "critique", principle=p, answer=a, round=r)
-                     for u, p, a in zip(chunk, principles, answers)]
-            tokens += _run_step(backend, chunk, "critique", r, chats, settings, c0, steps_log,
-                                reporter, principles)
-            chats = [build_chat(constitution, u.item.chat, "revision", principle=p, answer=a,
-                                critique=u.steps[("critique", r)]["text"], round=r)
-                     for u, p, a in zip(chunk, principles, answers)]
-            tokens += _run_step(backend, chunk, "revision", r, chats, settings, c0, steps_log,
-                                reporter, principles)
+            chats = [
+                build_chat(constitution, u.item.chat, "critique", principle=p, answer=a, round=r)
+                for u, p, a in zip(chunk, principles, answers)
+            ]
+            tokens += _run_step(
+                backend, chunk, "critique", r, chats, settings, c0, steps_log, reporter, principles
+            )
+            chats = [
+                build_chat(
+                    constitution,
+                    u.item.chat,
+                    "revision",
+                    principle=p,
+                    answer=a,
+                    critique=u.steps[("critique", r)]["text"],
+                    round=r,
+                )
+                for u, p, a in zip(chunk, principles, answers)
+            ]
+            tokens += _run_step(
+                backend, chunk, "revision", r, chats, settings, c0, steps_log, reporter, principles
+            )
         gen_time += time.perf_counter() - tg
         critiques.append(_record(u, constitution, settings, backend.name) for u in chunk)
     summary = export_sft(run, keys)
-    summary.update({
-        "prompts": len(prompts),
-        "resumed_from": len(prompts) - len(pending),
-        "generated_now": len(pending),
-        "model_calls_now": total_calls,
-        "recovered_bytes": critiques.recovered + steps_log.recovered,
-        "generated_tokens_now": tokens,
-        "generation_seconds": round(gen_time, 3),
-        "tokens_per_second": round(tokens / gen_time, 2) if gen_time else None,
-        "stage_seconds": round(time.perf_counter() - t0, 3),
-    })
+    summary.update(
+        {
+            "prompts": len(prompts),
+            "resumed_from": len(prompts) - len(pending),
+            "generated_now": len(pending),
+            "model_calls_now": total_calls,
+            "recovered_bytes": critiques.recovered + steps_log.recovered,
+            "generated_tokens_now": tokens,
+            "generation_seconds": round(gen_time, 3),
+            "tokens_per_second": round(tokens / gen_time, 2) if gen_time else None,
+            "stage_seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
     return summary
 
 
@@ -292,18 +357,26 @@ def export_sft(run: RunDir, keys: Sequence[str]) -> dict[str, Any]:
             empty += 1
             continue
         truncated += rec["final_truncated"]
-        rows.append({
-            "messages": rec["prompt"] + [{"role": "assistant", "content": rec["final_response"]}],
-            "id": rec["id"],
-            "key": rec["key"],
-            "principles": [rd["principle"] for rd in rec["rounds"]],
-            "revised": rec["final_response"] != rec["initial_response"],
-            "truncated": rec["final_truncated"],
-            "constitution": rec["constitution"]["name"],
-            "constitution_hash": rec["constitution"]["hash"],
-        })
+        rows.append(
+            {
+                "messages": rec["prompt"]
+                + [{"role": "assistant", "content": rec["final_response"]}],
+                "id": rec["id"],
+                "key": rec["key"],
+                "principles": [rd["principle"] for rd in rec["rounds"]],
+                "revised": rec["final_response"] != rec["initial_response"],
+                "truncated": rec["final_truncated"],
+                "constitution": rec["constitution"]["name"],
+                "constitution_hash": rec["constitution"]["hash"],
+            }
+        )
     write_jsonl_atomic(run.path / "sft.jsonl", rows)
     empty_revisions = sum(rd["empty_revision"] for rec in by_key.values() for rd in rec["rounds"])
-    return {"records": len([k for k in keys if k in by_key]), "sft_rows": len(rows),
-            "dropped_empty": empty, "sft_truncated": truncated,
-            "empty_revisions": empty_revisions, "principle_draws": dict(principles)}
+    return {
+        "records": len([k for k in keys if k in by_key]),
+        "sft_rows": len(rows),
+        "dropped_empty": empty,
+        "sft_truncated": truncated,
+        "empty_revisions": empty_revisions,
+        "principle_draws": dict(principles),
+    }

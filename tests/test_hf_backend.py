@@ -1,0 +1,68 @@
+"""The hf engine on a tiny model: batching, sampling counts, shared-prefix reuse, option log-probs."""
+
+from __future__ import annotations
+
+import pytest
+
+from cai.backends import Sampling, make_backend
+
+FEW_SHOT = [
+    {"role": "user", "content": "An example question about gardens and the weather in spring?"},
+    {"role": "assistant", "content": "An example answer that is long enough to share a prefix."},
+    {"role": "user", "content": "And a critique request that every row of the batch repeats."},
+    {"role": "assistant", "content": "A critique."},
+]
+
+
+def chats(n: int):
+    return [
+        FEW_SHOT + [{"role": "user", "content": "Row %d " % i + "tail " * (i % 5)}]
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return make_backend("hf", tiny_model, max_batch_size=3)
+
+
+def test_shared_prefix_reuse_gives_identical_greedy_text(backend):
+    params = Sampling(max_new_tokens=12)
+    ids = backend._encode([backend.render(c) for c in chats(7)])
+    assert backend._shared_prefix(ids) >= 32  # the few-shot block is shared
+    backend.prefix_cache = True
+    with_cache = backend.generate(chats(7), params)
+    backend.prefix_cache = False
+    without = backend.generate(chats(7), params)
+    backend.prefix_cache = True
+    assert [c[0].text for c in with_cache] == [c[0].text for c in without]
+    assert all(c[0].text for c in with_cache)
+
+
+def test_batched_equals_one_at_a_time(backend):
+    params = Sampling(max_new_tokens=10)
+    batched = backend.generate(chats(5), params)
+    single = [backend.generate([c], params)[0] for c in chats(5)]
+    assert [c[0].text for c in batched] == [c[0].text for c in single]
+
+
+def test_n_samples_and_progress(backend):
+    seen = []
+    outs = backend.generate(
+        chats(4),
+        Sampling(max_new_tokens=6, temperature=1.0, n=3, seed=1),
+        progress=lambda calls, toks: seen.append((calls, toks)),
+    )
+    assert [len(o) for o in outs] == [3, 3, 3, 3]
+    assert sum(c for c, _ in seen) == 4
+    assert sum(t for _, t in seen) == sum(c.tokens for o in outs for c in o)
+    assert all(c.finish_reason in ("stop", "length") and c.tokens <= 6 for o in outs for c in o)
+    texts = {c.text for o in outs for c in o}
+    assert len(texts) > 4  # sampling gives different samples
+
+
+def test_choice_logprobs_are_log_probabilities(backend):
+    rows = backend.choice_logprobs([c for c in chats(3)], ["A", "B"])
+    assert len(rows) == 3
+    for a, b in rows:
+        assert a < 0 and b < 0
