@@ -34,6 +34,17 @@ app.add_typer(constitution_app, name="constitution")
 app.add_typer(generate_app, name="generate")
 
 
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        from . import __version__
+
+        typer.echo(f"cai {__version__}")
+        raise typer.Exit()
+
+
 def _err(text: str) -> None:
     typer.echo(text, err=True)
 
@@ -193,6 +204,9 @@ def generate_critiques(
     max_new_tokens: Annotated[int, typer.Option(help="tokens per generated text at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
     top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 1.0,
+    repetition_penalty: Annotated[
+        float, typer.Option(help="> 1 discourages repeated tokens (1 = off)")
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="seeds principle draws and sampling")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="only the first N prompts")] = None,
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/critiques"),
@@ -220,8 +234,8 @@ def generate_critiques(
         raise InputError(f"--rounds must be at least 1 (got {rounds})")
     if max_new_tokens < 1:
         raise InputError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise InputError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0:
+        raise InputError("--temperature must be >= 0, --top-p in (0, 1], --repetition-penalty > 0")
     if chunk_size is not None and chunk_size < 1:
         raise InputError(f"--chunk-size must be at least 1 (got {chunk_size})")
     if limit is not None and limit < 1:
@@ -230,7 +244,11 @@ def generate_critiques(
     cons = load_constitution(resolve_constitution_path(constitution))
     items = load_prompts(prompts, limit)
     sampling = Sampling(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        repetition_penalty=repetition_penalty,
     )
     if dry_run:
         info = plan(cons, items, rounds, max_new_tokens)

@@ -1,4 +1,4 @@
-"""The hf engine on a tiny model: batching, sampling counts, shared-prefix reuse, option log-probs."""
+"""The hf engine on a tiny model: batching, samples, shared-prefix reuse, option log-probs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ FEW_SHOT = [
 
 def chats(n: int):
     return [
-        FEW_SHOT + [{"role": "user", "content": "Row %d " % i + "tail " * (i % 5)}]
-        for i in range(n)
+        FEW_SHOT + [{"role": "user", "content": f"Row {i} " + "tail " * (i % 5)}] for i in range(n)
     ]
 
 

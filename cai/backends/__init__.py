@@ -33,6 +33,7 @@ class Sampling:
     top_p: float = 1.0
     n: int = 1
     seed: int = 0
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens (small models loop)
 
     def as_dict(self) -> dict:
         return asdict(self)

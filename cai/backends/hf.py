@@ -185,6 +185,7 @@ class HFBackend:
             temperature=params.temperature if sample else None,
             top_p=params.top_p if sample else None,
             top_k=0 if sample else None,
+            repetition_penalty=params.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=pad,
         )

@@ -78,7 +78,7 @@ class GrowingLayer(DynamicLayer):
 
 
 def make_cache(config, batch: int, capacity: int, prefix: DynamicCache | None = None):
-    """A cache of :class:`GrowingLayer` for ``batch`` rows, or ``None`` if the model needs others."""
+    """A cache of :class:`GrowingLayer` for ``batch`` rows; ``None`` if the model needs others."""
     probe = DynamicCache(config=config)
     if not probe.layers or any(type(layer) is not DynamicLayer for layer in probe.layers):
         return None

@@ -66,6 +66,7 @@ class VLLMBackend:
             top_p=params.top_p if params.temperature > 0 else 1.0,
             max_tokens=params.max_new_tokens,
             seed=params.seed,
+            repetition_penalty=params.repetition_penalty,
         )
         outs = self.llm.generate(self._ids([self.render(c) for c in chats]), sp, use_tqdm=False)
         result = [

@@ -157,7 +157,7 @@ def plan(
 def _step_sampling(settings: CritiqueSettings, chunk: int, step: str, rnd: int) -> Sampling:
     s = settings.sampling
     derived = int(key(settings.seed, chunk, step, rnd)[:8], 16)
-    return Sampling(s.max_new_tokens, s.temperature, s.top_p, 1, derived)
+    return Sampling(s.max_new_tokens, s.temperature, s.top_p, 1, derived, s.repetition_penalty)
 
 
 def _run_step(
@@ -371,7 +371,9 @@ def export_sft(run: RunDir, keys: Sequence[str]) -> dict[str, Any]:
             }
         )
     write_jsonl_atomic(run.path / "sft.jsonl", rows)
-    empty_revisions = sum(rd["empty_revision"] for rec in by_key.values() for rd in rec["rounds"])
+    empty_revisions = sum(
+        rd["empty_revision"] for k in keys if k in by_key for rd in by_key[k]["rounds"]
+    )
     return {
         "records": len([k for k in keys if k in by_key]),
         "sft_rows": len(rows),
