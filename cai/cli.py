@@ -45,6 +45,11 @@ def _root(
         raise typer.Exit()
 
 
+ConstitutionOpt = Annotated[
+    str, typer.Option(help="constitution YAML, or a shipped name: harmless, helpful-harmless, ...")
+]
+
+
 def _err(text: str) -> None:
     typer.echo(text, err=True)
 
@@ -191,9 +196,7 @@ def _versions() -> dict[str, str]:
 
 @generate_app.command("critiques")
 def generate_critiques(
-    constitution: Annotated[
-        str, typer.Option(help="constitution YAML (or a shipped name)")
-    ] = "harmless",
+    constitution: ConstitutionOpt = "harmless",
     prompts: Annotated[
         str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red-team | helpful")
     ] = "red-team",
@@ -224,7 +227,7 @@ def generate_critiques(
 ) -> None:
     """SL-CAI: answer each prompt, then critique and revise it for N rounds."""
     from .backends import Sampling, make_backend, pick_backend
-    from .constitution import load_constitution, resolve_constitution_path
+    from .constitution import load_constitution
     from .inputs import load_prompts
     from .models import resolve_model
     from .stages.critique import CritiqueSettings, critique_revise, plan
@@ -241,7 +244,7 @@ def generate_critiques(
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1 (got {limit})")
     chosen_backend = pick_backend(backend)
-    cons = load_constitution(resolve_constitution_path(constitution))
+    cons = load_constitution(constitution)
     items = load_prompts(prompts, limit)
     sampling = Sampling(
         max_new_tokens=max_new_tokens,
@@ -257,12 +260,7 @@ def generate_critiques(
                 {
                     "plan": info,
                     "settings": {
-                        "constitution": {
-                            "name": cons.name,
-                            "version": cons.version,
-                            "hash": cons.hash,
-                            "files": list(cons.files),
-                        },
+                        "constitution": cons.info(),
                         "prompts": prompts,
                         "model": model,
                         "backend": chosen_backend,
@@ -284,17 +282,7 @@ def generate_critiques(
     settings = CritiqueSettings(model=resolved.label, rounds=rounds, sampling=sampling, seed=seed)
     manifest_settings = {"stage": "critiques", **settings.as_dict(), "constitution_hash": cons.hash}
     with RunDir(out) as run:
-        old = run.read_manifest()
-        if old and old.get("settings") != manifest_settings:
-            diff = [
-                k
-                for k in manifest_settings
-                if (old.get("settings") or {}).get(k) != manifest_settings[k]
-            ]
-            raise InputError(
-                f"{out} holds a run with other settings ({', '.join(diff)} differ); "
-                "choose another --out or remove it"
-            )
+        run.check_settings(manifest_settings)
         t0 = time.perf_counter()
         options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
         if chunk_size:
@@ -304,12 +292,7 @@ def generate_critiques(
         manifest = {
             "settings": manifest_settings,
             "status": "running",
-            "constitution": {
-                "name": cons.name,
-                "version": cons.version,
-                "hash": cons.hash,
-                "files": list(cons.files),
-            },
+            "constitution": cons.info(),
             "prompts": prompts,
             "model_path": resolved.path,
             "backend": engine.name,
@@ -355,9 +338,7 @@ def generate_critiques(
 
 @app.command("show-prompt")
 def show_prompt(
-    constitution: Annotated[
-        str, typer.Option(help="constitution YAML (or a shipped name)")
-    ] = "harmless",
+    constitution: ConstitutionOpt = "harmless",
     prompt: Annotated[Optional[str], typer.Option(help="the user's prompt text")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="or a prompts file / shipped set")] = None,
     index: Annotated[int, typer.Option(help="with --prompts: which prompt (0-based)")] = 0,
@@ -377,13 +358,13 @@ def show_prompt(
     ] = None,
 ) -> None:
     """Print the exact chat a model sees for one step of the critique-revision loop."""
-    from .constitution import load_constitution, resolve_constitution_path
+    from .constitution import load_constitution
     from .inputs import load_prompts
     from .stages.critique import build_chat
 
     if step not in ("response", "critique", "revision"):
         raise InputError(f"--step must be response, critique or revision (got {step!r})")
-    cons = load_constitution(resolve_constitution_path(constitution))
+    cons = load_constitution(constitution)
     if prompt is not None:
         chat = [{"role": "user", "content": prompt}]
     else:

@@ -167,6 +167,15 @@ class Constitution:
             out.append(pool.pop(pick))
         return out
 
+    def info(self) -> dict[str, Any]:
+        """What records and manifests say about the constitution used."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "hash": self.hash,
+            "files": list(self.files),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -270,8 +279,11 @@ def _check_references(chain: list[_Loaded], ids: set[str], problems: list[Proble
 
 
 def load_constitution(path: str | Path) -> Constitution:
-    """Load, validate and resolve a constitution file; every problem is reported at once."""
-    path = Path(path)
+    """Load, validate and resolve a constitution file (or a shipped one by name: ``harmless``).
+
+    Every problem in the file and those it extends is reported at once.
+    """
+    path = resolve_constitution_path(str(path))
     problems: list[Problem] = []
     chain = _load_chain(path, (), problems)
     merged: dict[str, Principle] = {}
@@ -319,7 +331,7 @@ def validate_files(paths: list[str | Path]) -> tuple[list[Constitution], list[Pr
     return good, problems
 
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "constitutions"
+SHIPPED_DIR = Path(__file__).resolve().parent / "constitutions"  # also ./constitutions
 
 
 def resolve_constitution_path(name: str) -> Path:

@@ -168,6 +168,16 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise InputError(f"{p}: not valid JSON; move it away to start this run again") from None
 
+    def check_settings(self, settings: dict[str, Any]) -> None:
+        """Refuse to mix results of other settings into this directory."""
+        old = (self.read_manifest() or {}).get("settings")
+        if old is not None and old != settings:
+            diff = [k for k in settings if old.get(k) != settings[k]]
+            raise InputError(
+                f"{self.path} holds a run with other settings ({', '.join(diff)} "
+                "differ); choose another --out or remove it"
+            )
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_atomic(
             self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"

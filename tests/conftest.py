@@ -90,6 +90,29 @@ def cai_subprocess(*args: str, **kwargs) -> subprocess.Popen:
     )
 
 
+def critique_args(model, prompts, out, max_new_tokens: int = 6, *extra) -> list[str]:
+    """Arguments of a small `cai generate critiques` run (2 rounds, hf engine)."""
+    return [
+        "generate",
+        "critiques",
+        "--constitution",
+        str(ROOT / "constitutions" / "harmless.yaml"),
+        "--prompts",
+        str(prompts),
+        "--model",
+        str(model),
+        "--rounds",
+        "2",
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--out",
+        str(out),
+        "--backend",
+        "hf",
+        *extra,
+    ]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import read_jsonl, write_prompts
+from conftest import critique_args, read_jsonl, write_prompts
 
 from cai.constitution import load_constitution
 from cai.store import RunDir
@@ -16,25 +16,7 @@ HARMLESS = ROOT / "constitutions" / "harmless.yaml"
 
 
 def run_critiques(cli, model, prompts, out, *extra):
-    return cli(
-        "generate",
-        "critiques",
-        "--constitution",
-        HARMLESS,
-        "--prompts",
-        prompts,
-        "--model",
-        model,
-        "--rounds",
-        "2",
-        "--max-new-tokens",
-        "6",
-        "--out",
-        out,
-        "--backend",
-        "hf",
-        *extra,
-    )
+    return cli(*critique_args(model, prompts, out, 6, *extra))
 
 
 @pytest.fixture

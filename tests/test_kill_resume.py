@@ -7,34 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cai_subprocess, read_jsonl, write_prompts
+from conftest import cai_subprocess, critique_args, read_jsonl, write_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def args(model, prompts, out):
-    return [
-        "generate",
-        "critiques",
-        "--constitution",
-        ROOT / "constitutions" / "harmless.yaml",
-        "--prompts",
-        prompts,
-        "--model",
-        model,
-        "--rounds",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "--chunk-size",
-        "3",
-        "--batch-size",
-        "2",
-        "--backend",
-        "hf",
-        "--out",
-        out,
-    ]
+    return critique_args(model, prompts, out, 8, "--chunk-size", "3", "--batch-size", "2")
 
 
 def lines(path: Path) -> int:
