@@ -143,7 +143,7 @@ def constitution_import(
 class _Progress:
     """A rich progress bar on stderr: model calls done, ETA and generated tokens per second."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "model calls") -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -165,13 +165,14 @@ class _Progress:
             console=Console(stderr=True),
             transient=False,
         )
+        self.what = what
         self.task = None
         self.tokens = 0
         self.t0 = time.perf_counter()
 
     def start(self, total_calls: int) -> None:
         self.bar.start()
-        self.task = self.bar.add_task("model calls", total=total_calls, rate="-")
+        self.task = self.bar.add_task(self.what, total=total_calls, rate="-")
 
     def advance(self, calls: int, tokens: int) -> None:
         self.tokens += tokens
@@ -334,6 +335,156 @@ def generate_critiques(
     typer.echo(f"critique log: {out / 'critiques.jsonl'}")
     typer.echo(f"SFT data:     {out / 'sft.jsonl'} ({summary['sft_rows']} rows)")
     typer.echo(f"manifest:     {out / 'manifest.json'}")
+
+
+def _clamp(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--clamp takes LO,HI such as 0.4,0.6 (got {text!r})") from None
+    if not 0 <= lo < hi <= 1:
+        raise InputError(f"--clamp needs 0 <= LO < HI <= 1 (got {text!r})")
+    return lo, hi
+
+
+@generate_app.command("preferences")
+def generate_preferences(
+    constitution: ConstitutionOpt = "harmless",
+    prompts: Annotated[str, typer.Option(help="prompts file or shipped set")] = "red-team",
+    pairs: Annotated[
+        Optional[str], typer.Option(help="label these pairs (JSONL) instead of sampling")
+    ] = None,
+    policy: Annotated[str, typer.Option(help="model that writes the answers")] = "default",
+    feedback: Annotated[str, typer.Option(help="model that judges them")] = "default",
+    samples: Annotated[
+        int, typer.Option(help="answers per prompt (K >= 2); every pair judged")
+    ] = 2,
+    ensemble: Annotated[int, typer.Option(help="principles per pair (E)")] = 4,
+    cot: Annotated[
+        bool, typer.Option("--cot", help="reason first, then score the options")
+    ] = False,
+    clamp: Annotated[
+        Optional[str],
+        typer.Option(help="clamp each probability to LO,HI (default 0.4,0.6 with --cot)"),
+    ] = None,
+    min_margin: Annotated[float, typer.Option(help="leave out pairs with |2p-1| below this")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens per answer (and CoT) at most")] = 128,
+    temperature: Annotated[float, typer.Option(help="policy sampling temperature (> 0)")] = 0.8,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling mass")] = 0.95,
+    seed: Annotated[int, typer.Option(help="seeds principle draws and sampling")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="only the first N prompts or pairs")] = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/preferences"),
+    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+) -> None:
+    """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""
+    from .backends import Sampling, make_backend, pick_backend
+    from .constitution import load_constitution
+    from .inputs import load_pairs, load_prompts
+    from .models import resolve_model
+    from .stages.preferences import LabelSettings, Pair, judge_pairs, policy_samples, sample_pairs
+    from .store import RunDir, key
+
+    if samples < 2 and pairs is None:
+        raise InputError(f"--samples must be at least 2 (got {samples})")
+    if ensemble < 1 or max_new_tokens < 1:
+        raise InputError("--ensemble and --max-new-tokens must be at least 1")
+    if pairs is None and temperature <= 0:
+        raise InputError("--temperature must be > 0 so that the policy's samples differ")
+    if not 0 <= min_margin <= 1:
+        raise InputError(f"--min-margin must be in [0, 1] (got {min_margin})")
+    bounds = _clamp(clamp) or ((0.4, 0.6) if cot else None)
+    chosen_backend = pick_backend(backend)
+    cons = load_constitution(constitution)
+    if pairs is not None:
+        rows = load_pairs(pairs)[:limit]
+        pair_list = [Pair(i, key("pair", m, a, b), m, a, b) for i, m, a, b in rows]
+        items = []
+    else:
+        items = load_prompts(prompts, limit)
+    judge = resolve_model(feedback)
+    settings = LabelSettings(
+        feedback=judge.label,
+        ensemble=ensemble,
+        seed=seed,
+        cot=cot,
+        clamp=bounds,
+        cot_sampling=Sampling(max_new_tokens=max_new_tokens),
+    )
+    sampling = Sampling(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    run_settings = {
+        "stage": "preferences",
+        **settings.as_dict(),
+        "constitution_hash": cons.hash,
+        "policy": None if pairs else resolve_model(policy).label,
+        "samples": None if pairs else samples,
+        "sampling": None if pairs else sampling.as_dict(),
+    }
+    options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
+    with RunDir(out) as run:
+        run.check_settings(run_settings)
+        judge_engine = make_backend(chosen_backend, feedback, **options)
+        manifest = {
+            "settings": run_settings,
+            "status": "running",
+            "constitution": cons.info(),
+            "prompts": pairs or prompts,
+            "backend": judge_engine.name,
+            "versions": _versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        run.write_manifest(manifest)
+        try:
+            if pairs is None:
+                same = resolve_model(policy).path == judge.path
+                policy_engine = (
+                    judge_engine if same else make_backend(chosen_backend, policy, **options)
+                )
+                progress = _Progress("policy samples")
+                progress.start(len(items))
+                answers, keys = policy_samples(
+                    items, policy_engine, run, samples, sampling, progress
+                )
+                progress.stop()
+                pair_list = sample_pairs(items, answers, keys)
+            progress = _Progress("judgements")
+            summary = judge_pairs(
+                cons, pair_list, judge_engine, run, settings, progress, min_margin
+            )
+            progress.stop()
+        except KeyboardInterrupt:
+            _err(
+                f"interrupted: finished labels are kept in {out}; "
+                "run the same command again to resume"
+            )
+            raise typer.Exit(130) from None
+        manifest.update(
+            {
+                "status": "complete",
+                "counts": summary,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        run.write_manifest(manifest)
+    typer.echo(
+        f"done: {summary['labelled']} of {summary['pairs']} pairs labelled, "
+        f"{summary['kept']} kept (min margin {min_margin})"
+    )
+    if summary["skipped"]:
+        typer.echo("skipped: " + ", ".join(f"{n} {why}" for why, n in summary["skipped"].items()))
+    typer.echo(
+        f"position consistency {summary['position_consistency']}, "
+        f"mean |p-0.5| {summary['mean_abs_p_minus_half']}, "
+        f"principle agreement {summary['principle_agreement']}, "
+        f"longer answer chosen {summary['longer_chosen_share']} "
+        f"(p={summary['longer_chosen_p_value']})"
+    )
+    typer.echo(f"labels:      {out / 'labels.jsonl'}")
+    typer.echo(f"preferences: {out / 'preferences.jsonl'}")
 
 
 @app.command("show-prompt")

@@ -169,3 +169,57 @@ def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
     if not items:
         raise _err(path, None, "no prompts (the file is empty)")
     return items
+
+
+def _answer(path: Path, line: int, row: dict[str, Any], name: str) -> str:
+    value = row.get(name)
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content")  # TRL conversational: [{"role": "assistant", ...}]
+    if not isinstance(value, str):
+        raise _err(path, line, f"{name}: must be a string or a list ending in an assistant turn")
+    return value
+
+
+PAIR_COLUMNS = (
+    ("response_a", "response_b"),
+    ("chosen", "rejected"),
+    ("initial_response", "final_response"),
+)
+
+
+def load_pairs(spec: str) -> list[tuple[str, tuple[tuple[str, str], ...], str, str]]:
+    """Pairs to label from a JSONL file: ``(id, prompt messages, first, second)``.
+
+    Each line has ``prompt`` (text, or a chat list as in ``critiques.jsonl``) or ``messages``, and
+    two answers: ``response_a``/``response_b``, ``chosen``/``rejected`` (strings or TRL assistant
+    turns), or ``initial_response``/``final_response`` (a ``critiques.jsonl`` record).
+    """
+    path = Path(spec)
+    if path.suffix.lower() != ".jsonl":
+        raise _err(path, None, "pairs must be a .jsonl file")
+    if not path.exists():
+        raise _err(path, None, "file not found")
+    out = []
+    for index, (line, row) in enumerate(_rows(path), start=1):
+        if isinstance(row.get("prompt"), list):
+            row = {**row, "messages": row["prompt"], "prompt": None}
+        item = _row_item(path, line, row, index)
+        cols = next((c for c in PAIR_COLUMNS if c[0] in row and c[1] in row), None)
+        if cols is None:
+            raise _err(
+                path,
+                line,
+                "no answer columns: expected response_a/response_b, "
+                "chosen/rejected or initial_response/final_response",
+            )
+        out.append(
+            (
+                item.id,
+                item.messages,
+                _answer(path, line, row, cols[0]),
+                _answer(path, line, row, cols[1]),
+            )
+        )
+    if not out:
+        raise _err(path, None, "no pairs (the file is empty)")
+    return out

@@ -65,3 +65,24 @@ def test_choice_logprobs_are_log_probabilities(backend):
     assert len(rows) == 3
     for a, b in rows:
         assert a < 0 and b < 0
+
+
+def test_choice_logprobs_match_a_plain_forward_pass(backend):
+    """Shared-prefix scoring and multi-token choices agree with an unbatched forward pass."""
+    prompts = [backend.render(c) + "The answer is: (" for c in chats(4)]
+    for choices in (["A", "B"], ["A", "B", " maybe both"]):  # one-token fast path, then general
+        check(backend, prompts, choices, backend.choice_logprobs(prompts, choices))
+
+
+def check(backend, prompts, choices, got):
+    import torch
+
+    for prompt, row in zip(prompts, got):
+        base = backend._encode([prompt])[0]
+        for choice, value in zip(choices, row):
+            target = backend._encode([choice])[0]
+            ids = torch.tensor([base + target])
+            with torch.inference_mode():
+                logp = torch.log_softmax(backend.model(input_ids=ids).logits[0].float(), -1)
+            want = sum(logp[len(base) - 1 + k, t].item() for k, t in enumerate(target))
+            assert value == pytest.approx(want, abs=1e-3)

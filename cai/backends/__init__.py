@@ -52,8 +52,10 @@ class Backend(Protocol):
     chunk_size: int  # prompts a stage should hand over per call to keep resume granularity sane
 
     def generate(
-        self, chats: Sequence[Chat], params: Sampling, progress: Progress | None = None
-    ) -> list[list[Completion]]: ...
+        self, chats: Sequence[Chat | str], params: Sampling, progress: Progress | None = None
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per chat; a string is a prompt already templated."""
+        ...
 
     def choice_logprobs(
         self, prompts: Sequence[Chat | str], choices: Sequence[str]

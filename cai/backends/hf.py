@@ -110,10 +110,10 @@ class HFBackend:
         return batches
 
     def generate(
-        self, chats: Sequence[Chat], params: Sampling, progress: Progress | None = None
+        self, chats: Sequence[Chat | str], params: Sampling, progress: Progress | None = None
     ) -> list[list[Completion]]:
         torch = self.torch
-        ids = self._encode([self.render(c) for c in chats])
+        ids = self._encode([c if isinstance(c, str) else self.render(c) for c in chats])
         shared = self._shared_prefix(ids)
         out: list[list[Completion]] = [[] for _ in chats]
         step = max(1, self.max_batch_size // params.n)  # rows x samples under the batch size
@@ -205,27 +205,77 @@ class HFBackend:
     def choice_logprobs(
         self, prompts: Sequence[Chat | str], choices: Sequence[str]
     ) -> list[list[float]]:
-        """Log-prob of each choice's first token after each prompt (chats get the template)."""
-        torch = self.torch
+        """Log-prob of each choice string as the continuation of each prompt.
+
+        A chat gets the chat template (generation prompt included); a string is used as it is.
+        When every choice is one distinct token, one forward pass per prompt reads them all;
+        otherwise each (prompt, choice) is scored by teacher forcing, summing its tokens.
+        """
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
-        choice_ids = []
-        for c in choices:
-            toks = self._encode([c])[0]
-            if not toks:
-                raise InputError(f"choice {c!r} encodes to no tokens")
-            choice_ids.append(toks[0])
-        if len(set(choice_ids)) != len(choice_ids):
-            raise InputError(f"choices {list(choices)} share a first token; cannot tell them apart")
+        choice_ids = self._encode(list(choices))
+        if any(not c for c in choice_ids):
+            raise InputError(f"a choice in {list(choices)} encodes to no tokens")
         ids = self._encode(texts)
-        out: list[list[float]] = [[] for _ in texts]
-        for batch in self._batches([len(x) for x in ids], 0):
-            width = max(len(ids[i]) for i in batch)
-            pad = self.tok.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
-            mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
+        if all(len(c) == 1 for c in choice_ids) and len({c[0] for c in choice_ids}) == len(choices):
+            firsts = [c[0] for c in choice_ids]
+            rows = self._score(ids, [[] for _ in ids], firsts)
+            return [[_finite(v) for v in row] for row in rows]
+        flat = self._score(
+            [x + c for x in ids for c in choice_ids], [c for _ in ids for c in choice_ids], None
+        )
+        k = len(choices)
+        return [[_finite(sum(v)) for v in flat[i * k : (i + 1) * k]] for i in range(len(ids))]
+
+    def _score(self, rows: list[list[int]], targets: list[list[int]], read: list[int] | None):
+        """Per row: log-probs of its ``targets`` (the row's last tokens), or with ``read``, the
+        log-probs of those token ids at the next position after the whole row.
+
+        Rows share their common prefix through one cached forward pass, like ``generate``.
+        """
+        torch = self.torch
+        keep = max(len(t) for t in targets) + 1
+        shared = self._shared_prefix(rows)
+        shared = max(0, min(shared, min(len(r) - len(t) - 1 for r, t in zip(rows, targets))))
+        if shared < self.min_prefix:
+            shared = 0
+        out: list = [None] * len(rows)
+        pad = self.tok.pad_token_id
+        for batch in self._batches([len(r) - shared for r in rows], 0):
+            tails = [rows[i][shared:] for i in batch]
+            width = max(len(t) for t in tails)
+            prefix = rows[batch[0]][:shared]
+            tail_ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails])
+            mask = torch.tensor(
+                [[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails]
+            )
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            past = None
+            if shared:
+                past = make_cache(
+                    self.model.config, len(batch), shared + width, self._prefix_kv(prefix)
+                )
+                if past is None:
+                    past = copy.deepcopy(self._prefix_kv(prefix))
+                    past.batch_repeat_interleave(len(batch))
             with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, -1, :]
-            logp = torch.log_softmax(logits.float(), dim=-1)[:, choice_ids].tolist()
-            for i, row in zip(batch, logp):
-                out[i] = [v if math.isfinite(v) else -1e9 for v in row]
+                logits = self.model(
+                    input_ids=tail_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=past,
+                    use_cache=past is not None,
+                    logits_to_keep=keep,
+                ).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for j, i in enumerate(batch):
+                if read is not None:
+                    out[i] = logp[j, -1, read].tolist()
+                else:
+                    t = targets[i]
+                    steps = logp[j, keep - len(t) - 1 : keep - 1]
+                    out[i] = steps.gather(-1, torch.tensor(t)[:, None])[:, 0].tolist()
         return out
+
+
+def _finite(v: float) -> float:
+    return v if math.isfinite(v) else -1e9

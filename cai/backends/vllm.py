@@ -68,7 +68,11 @@ class VLLMBackend:
             seed=params.seed,
             repetition_penalty=params.repetition_penalty,
         )
-        outs = self.llm.generate(self._ids([self.render(c) for c in chats]), sp, use_tqdm=False)
+        outs = self.llm.generate(
+            self._ids([c if isinstance(c, str) else self.render(c) for c in chats]),
+            sp,
+            use_tqdm=False,
+        )
         result = [
             [
                 Completion(

@@ -1,0 +1,336 @@
+"""RL-CAI preference labels: soft labels from option log-probs, both orders, over principles.
+
+For every pair of answers to a prompt, E principles are drawn (seeded, by weight, from the pair's
+key). For each principle the feedback model sees the conversation, the principle's comparison
+question and the two answers as options (A) and (B), after the constitution's comparison
+few-shot examples, and the assistant turn opens with "The answer is: (". The log-probs of the
+tokens ``A`` and ``B`` give P(A) = e^a / (e^a + e^b). The same is done with the answers swapped;
+the pair's label is the mean, over both orders and all E principles, of the probability that the
+first answer is better, so position bias cancels. No text is parsed.
+
+With ``cot``, the model first writes its reasoning ("Let's think step by step:"), then the
+options are scored after "So the answer is: ("; each probability is clamped to [lo, hi].
+
+Pairs come from the policy (K samples per prompt, every pair of them) or from a file. Pairs with
+identical or empty answers are recorded with a reason and skipped, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends import Backend, Chat, Sampling
+from ..constitution import Constitution, Principle
+from ..inputs import PromptItem
+from ..store import RunDir, key, write_jsonl_atomic
+from ..templates import render
+
+STAGE = "preferences"
+ORDERS = ("AB", "BA")
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    key: str
+    prompt: tuple[tuple[str, str], ...]
+    first: str
+    second: str
+
+    @property
+    def chat(self) -> Chat:
+        return [{"role": r, "content": c} for r, c in self.prompt]
+
+    @property
+    def draw_key(self) -> str:
+        """Seeds the principle draw; the same for the pair in either order."""
+        return key("draw", self.prompt, sorted((self.first, self.second)))
+
+    def problem(self) -> str | None:
+        if not self.first.strip() or not self.second.strip():
+            return "empty answer"
+        if self.first.strip() == self.second.strip():
+            return "identical answers"
+        return None
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    feedback: str
+    ensemble: int
+    seed: int
+    cot: bool = False
+    clamp: tuple[float, float] | None = None
+    cot_sampling: Sampling = field(default_factory=lambda: Sampling(max_new_tokens=128))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "feedback": self.feedback,
+            "ensemble": self.ensemble,
+            "seed": self.seed,
+            "cot": self.cot,
+            "clamp": list(self.clamp) if self.clamp else None,
+            "cot_sampling": self.cot_sampling.as_dict() if self.cot else None,
+        }
+
+
+def conversation_text(prompt: Chat) -> str:
+    names = {"user": "Person", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names[m['role']]}: {m['content'].strip()}" for m in prompt)
+
+
+def _compare_turn(prompt: Chat, question: str, a: str, b: str) -> dict[str, str]:
+    content = render(
+        "compare",
+        conversation=conversation_text(prompt),
+        question=question,
+        response_a=a,
+        response_b=b,
+    )
+    return {"role": "user", "content": content}
+
+
+def compare_chat(
+    constitution: Constitution, prompt: Chat, principle: Principle, a: str, b: str
+) -> Chat:
+    """The few-shot comparisons as earlier turns, then this comparison as the user's turn."""
+    chat: Chat = []
+    for ex in constitution.few_shot.compare:
+        question = ex.question or constitution.principle(ex.principle or "").compare
+        ex_prompt = (
+            [{"role": "user", "content": ex.prompt}]
+            if isinstance(ex.prompt, str)
+            else [m.model_dump() for m in ex.prompt]
+        )
+        chat.append(_compare_turn(ex_prompt, question, ex.response_a, ex.response_b))
+        chat.append({"role": "assistant", "content": f"{render('compare_answer')}{ex.answer})"})
+    chat.append(_compare_turn(prompt, principle.compare, a, b))
+    return chat
+
+
+def sample_pairs(
+    prompts: Sequence[PromptItem], samples: dict[str, list[str]], keys: Sequence[str]
+) -> list[Pair]:
+    """Every pair of the K samples of each prompt."""
+    pairs = []
+    for item, k in zip(prompts, keys):
+        for i, j in itertools.combinations(range(len(samples[k])), 2):
+            a, b = samples[k][i], samples[k][j]
+            pairs.append(Pair(f"{item.id}:{i}-{j}", key(STAGE, k, i, j), item.messages, a, b))
+    return pairs
+
+
+def policy_samples(
+    prompts: Sequence[PromptItem],
+    policy: Backend,
+    run: RunDir,
+    k: int,
+    sampling: Sampling,
+    reporter=None,
+) -> tuple[dict[str, list[str]], list[str]]:
+    """K answers per prompt from the policy, resumable (``samples.jsonl``)."""
+    log = run.log("samples.jsonl")
+    keys = [
+        key("samples", policy.model_label, sampling.as_dict(), k, it.messages, n)
+        for n, it in enumerate(prompts)
+    ]
+    have = {r["key"]: r["samples"] for r in log.read()}
+    todo = [(it, kk) for it, kk in zip(prompts, keys) if kk not in have]
+    for c0 in range(0, len(todo), policy.chunk_size):
+        chunk = todo[c0 : c0 + policy.chunk_size]
+        params = Sampling(
+            sampling.max_new_tokens,
+            sampling.temperature,
+            sampling.top_p,
+            k,
+            sampling.seed + c0,
+            sampling.repetition_penalty,
+        )
+        outs = policy.generate(
+            [it.chat for it, _ in chunk], params, reporter.advance if reporter else None
+        )
+        recs = [
+            {
+                "key": kk,
+                "id": it.id,
+                "prompt": it.chat,
+                "model": policy.model_label,
+                "samples": [c.text for c in comps],
+                "finish_reasons": [c.finish_reason for c in comps],
+            }
+            for (it, kk), comps in zip(chunk, outs)
+        ]
+        log.append(recs)
+        have.update({r["key"]: r["samples"] for r in recs})
+    return have, keys
+
+
+def _p_first(
+    logprobs: list[float], order: str, clamp: tuple[float, float] | None
+) -> tuple[float, float]:
+    """(P(option A), P(the pair's first answer is better)) from the two option log-probs."""
+    la, lb = logprobs
+    m = max(la, lb)
+    p_a = math.exp(la - m) / (math.exp(la - m) + math.exp(lb - m))
+    if clamp:
+        p_a = min(max(p_a, clamp[0]), clamp[1])
+    return p_a, p_a if order == "AB" else 1.0 - p_a
+
+
+def judge_pairs(
+    constitution: Constitution,
+    pairs: Sequence[Pair],
+    feedback: Backend,
+    run: RunDir,
+    settings: LabelSettings,
+    reporter=None,
+    min_margin: float = 0.0,
+) -> dict[str, Any]:
+    """Label every pair (resumable, ``labels.jsonl``); export ``preferences.jsonl``."""
+    log = run.log("labels.jsonl")
+    done = {r["key"] for r in log.read()}
+    skipped = []
+    jobs = []
+    for pair in pairs:
+        reason = pair.problem()
+        if reason:
+            skip_key = key(pair.key, "skip")
+            if skip_key not in done:
+                skipped.append(
+                    {"key": skip_key, "pair": pair.key, "pair_id": pair.id, "skipped": reason}
+                )
+            continue
+        for p in constitution.draw_many(settings.ensemble, settings.seed, pair.draw_key):
+            for order in ORDERS:
+                jk = key(pair.key, p.id, order, settings.as_dict(), constitution.hash)
+                if jk not in done:
+                    jobs.append((jk, pair, p, order))
+    log.append(skipped)
+    if reporter:
+        reporter.start(len(jobs))
+    step = max(1, feedback.chunk_size)
+    for c0 in range(0, len(jobs), step):
+        log.append(_judge_chunk(constitution, jobs[c0 : c0 + step], feedback, settings, reporter))
+    return export_preferences(run, pairs, min_margin)
+
+
+def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings, reporter) -> list:
+    chats = []
+    for _, pair, p, order in jobs:
+        a, b = (pair.first, pair.second) if order == "AB" else (pair.second, pair.first)
+        chats.append(compare_chat(constitution, pair.chat, p, a, b))
+    reasoning: list[str | None] = [None] * len(jobs)
+    if settings.cot:
+        texts = [feedback.render(c) + render("compare_cot") for c in chats]
+        outs = feedback.generate(texts, settings.cot_sampling)
+        reasoning = [o[0].text for o in outs]
+        prompts = [f"{t} {r}{render('compare_cot_answer')}" for t, r in zip(texts, reasoning)]
+    else:
+        prompts = [feedback.render(c) + render("compare_answer") for c in chats]
+    logprobs = feedback.choice_logprobs(prompts, ["A", "B"])
+    records = []
+    for (jk, pair, p, order), lp, why in zip(jobs, logprobs, reasoning):
+        p_a, p_first = _p_first(lp, order, settings.clamp)
+        flags = []
+        if settings.cot and not (why or "").strip():
+            flags.append("empty reasoning")
+        records.append(
+            {
+                "key": jk,
+                "pair": pair.key,
+                "pair_id": pair.id,
+                "principle": p.id,
+                "order": order,
+                "p_a": p_a,
+                "p_first": p_first,
+                "logprobs": lp,
+                "cot": why,
+                "flags": flags,
+                "model": feedback.model_label,
+            }
+        )
+    if reporter:
+        reporter.advance(len(jobs), 0)
+    return records
+
+
+def _binomial_p(k: int, n: int) -> float | None:
+    """Two-sided exact binomial test of k successes in n against 1/2."""
+    if n == 0:
+        return None
+    tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def aggregate(pair: Pair, judgements: list[dict[str, Any]]) -> dict[str, Any]:
+    """One preference record from a pair's judgements (both orders, every principle)."""
+    p1 = sum(j["p_first"] for j in judgements) / len(judgements)
+    by_order = {o: [j["p_first"] for j in judgements if j["order"] == o] for o in ORDERS}
+    means = {o: sum(v) / len(v) for o, v in by_order.items() if v}
+    consistent = len(means) == 2 and (means["AB"] - 0.5) * (means["BA"] - 0.5) > 0
+    per_principle: dict[str, list[float]] = {}
+    for j in judgements:
+        per_principle.setdefault(j["principle"], []).append(j["p_first"])
+    votes = [sum(v) / len(v) > 0.5 for v in per_principle.values()]
+    first_wins = p1 >= 0.5
+    chosen, rejected = (pair.first, pair.second) if first_wins else (pair.second, pair.first)
+    return {
+        "id": pair.id,
+        "key": pair.key,
+        "prompt": pair.chat,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": p1 if first_wins else 1.0 - p1,
+        "margin": abs(2 * p1 - 1),
+        "principles": list(per_principle),
+        "position_consistent": consistent,
+        "principle_agreement": sum(v == first_wins for v in votes) / len(votes),
+        "judgements": len(judgements),
+        "chosen_longer": len(chosen) > len(rejected) if len(chosen) != len(rejected) else None,
+    }
+
+
+def export_preferences(run: RunDir, pairs: Sequence[Pair], min_margin: float = 0.0) -> dict:
+    """Write ``preferences.jsonl`` (TRL conversational preference format) and return a summary."""
+    labels: dict[str, list[dict[str, Any]]] = {}
+    skipped: Counter = Counter()
+    flags: Counter = Counter()
+    for rec in run.log("labels.jsonl").read():
+        if "skipped" in rec:
+            skipped[rec["skipped"]] += 1
+            continue
+        labels.setdefault(rec["pair"], []).append(rec)
+        flags.update(rec.get("flags") or [])
+    rows, kept = [], []
+    for pair in pairs:
+        js = labels.get(pair.key)
+        if js:
+            rows.append(aggregate(pair, js))
+    kept = [r for r in rows if r["margin"] >= min_margin]
+    write_jsonl_atomic(run.path / "preferences.jsonl", kept)
+    longer = [r["chosen_longer"] for r in rows if r["chosen_longer"] is not None]
+    n = len(rows)
+    return {
+        "pairs": len(pairs),
+        "labelled": n,
+        "kept": len(kept),
+        "below_min_margin": n - len(kept),
+        "skipped": dict(skipped),
+        "flags": dict(flags),
+        "position_consistency": round(sum(r["position_consistent"] for r in rows) / n, 4)
+        if n
+        else None,
+        "mean_abs_p_minus_half": round(sum(abs(r["p_chosen"] - 0.5) for r in rows) / n, 4)
+        if n
+        else None,
+        "principle_agreement": round(sum(r["principle_agreement"] for r in rows) / n, 4)
+        if n
+        else None,
+        "longer_chosen_share": round(sum(longer) / len(longer), 4) if longer else None,
+        "longer_chosen_p_value": _binomial_p(sum(longer), len(longer)),
+    }
