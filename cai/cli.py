@@ -32,6 +32,12 @@ generate_app = typer.Typer(
 )
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(generate_app, name="generate")
+eval_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Evaluate models and judges."
+)
+data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Convert data sets.")
+app.add_typer(eval_app, name="eval")
+app.add_typer(data_app, name="data")
 
 
 @app.callback(invoke_without_command=True)
@@ -485,6 +491,45 @@ def generate_preferences(
     )
     typer.echo(f"labels:      {out / 'labels.jsonl'}")
     typer.echo(f"preferences: {out / 'preferences.jsonl'}")
+
+
+@eval_app.command("labeler")
+def eval_labeler(
+    data: Annotated[Path, typer.Option(help="JSONL: corrects/incorrects or chosen/rejected")],
+    model: Annotated[str, typer.Option(help="the feedback model to measure")] = "default",
+    constitution: ConstitutionOpt = "harmless",
+    limit: Annotated[Optional[int], typer.Option(help="only the first N items")] = None,
+    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+) -> None:
+    """Score a feedback model against human labels: accuracy (both orders) and calibration."""
+    from .backends import make_backend, pick_backend
+    from .constitution import load_constitution
+    from .stages.evaluate import dumps, evaluate_labeler, load_eval
+    from .store import write_atomic
+
+    cons = load_constitution(constitution)
+    load_eval(data)  # bad data fails before a model loads
+    result = evaluate_labeler(data, make_backend(pick_backend(backend), model), cons, limit)
+    text = dumps(result)
+    if out:
+        write_atomic(out, text + "\n")
+    typer.echo(text)
+
+
+@data_app.command("import-hh")
+def data_import_hh(
+    file: Path,
+    out: Annotated[Path, typer.Option(help="where to write the preference JSONL")],
+) -> None:
+    """Convert Human:/Assistant: transcript pairs (chosen/rejected) to cai's preference format."""
+    from .hh import import_hh, write_preferences
+
+    records, problems = import_hh(file)
+    write_preferences(records, out)
+    for p in problems:
+        _err(f"skipped {p}")
+    typer.echo(f"wrote {out}: {len(records)} pairs ({len(problems)} line(s) skipped)")
 
 
 @app.command("show-prompt")

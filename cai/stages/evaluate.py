@@ -1,0 +1,161 @@
+"""Measuring a feedback model against human labels (``cai eval labeler``).
+
+Two formats, detected per line:
+
+- multiple choice, as published with the Constitutional AI paper: a ``prompt`` that ends with the
+  options and "The answer is:", plus ``corrects`` and ``incorrects`` lists of option strings. Each
+  option is scored as the continuation of the prompt (the whole string's log-prob); the model is
+  right when its most likely option is a correct one.
+- pairs: ``prompt``/``chosen``/``rejected``. Each pair is judged like a preference label (a drawn
+  principle's comparison question, few-shot examples, option log-probs), in both orders.
+
+Reports accuracy (overall and per order for pairs) and expected calibration error over 10 bins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..backends import Backend
+from ..constitution import Constitution
+from ..errors import InputError
+from ..inputs import _answer, _err, _row_item, _rows
+from ..templates import render
+from .preferences import ORDERS, compare_chat
+
+
+def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Expected calibration error: sum over bins of |accuracy - mean confidence|, weighted.
+
+    >>> round(ece([0.9, 0.9, 0.6, 0.6], [True, True, True, False]), 3)
+    0.1
+    """
+    total, n = 0.0, len(confidences)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidences) if lo < c <= hi or (b == 0 and c == 0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            conf = sum(confidences[i] for i in idx) / len(idx)
+            total += len(idx) / n * abs(acc - conf)
+    return total
+
+
+def _softmax(xs: Sequence[float]) -> list[float]:
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def load_eval(path: Path) -> tuple[list[dict], list[dict]]:
+    """(multiple-choice items, pairs) from a JSONL file; errors name file:line."""
+    if not path.exists():
+        raise _err(path, None, "file not found")
+    mc, pairs = [], []
+    for index, (line, row) in enumerate(_rows(path), start=1):
+        if "corrects" in row or "incorrects" in row:
+            good, bad = row.get("corrects"), row.get("incorrects")
+            if (
+                not isinstance(row.get("prompt"), str)
+                or not isinstance(good, list)
+                or not isinstance(bad, list)
+                or not good
+                or not bad
+            ):
+                raise _err(
+                    path,
+                    line,
+                    "multiple choice needs a `prompt` string and non-empty "
+                    "`corrects` and `incorrects` lists",
+                )
+            mc.append({"prompt": row["prompt"], "options": good + bad, "n_correct": len(good)})
+        elif "chosen" in row and "rejected" in row:
+            item = _row_item(
+                path,
+                line,
+                {k: v for k, v in row.items() if k != "chosen" and k != "rejected"},
+                index,
+            )
+            pairs.append(
+                {
+                    "chat": item.chat,
+                    "chosen": _answer(path, line, row, "chosen"),
+                    "rejected": _answer(path, line, row, "rejected"),
+                }
+            )
+        else:
+            raise _err(path, line, "expected `corrects`/`incorrects` or `chosen`/`rejected`")
+    if not mc and not pairs:
+        raise _err(path, None, "no items (the file is empty)")
+    return mc, pairs
+
+
+def eval_multiple_choice(backend: Backend, items: list[dict]) -> dict[str, Any]:
+    conf, right = [], []
+    for item in items:
+        scores = backend.choice_logprobs(
+            [item["prompt"]], [" " + o.strip() for o in item["options"]]
+        )[0]
+        probs = _softmax(scores)
+        best = max(range(len(probs)), key=probs.__getitem__)
+        conf.append(probs[best])
+        right.append(best < item["n_correct"])
+    return {"items": len(items), "accuracy": sum(right) / len(right), "ece": ece(conf, right)}
+
+
+def eval_pairs(
+    backend: Backend, constitution: Constitution, pairs: list[dict], seed: int = 0
+) -> dict[str, Any]:
+    prompts, meta = [], []
+    for i, pair in enumerate(pairs):
+        principle = constitution.draw(seed, "eval", i)
+        for order in ORDERS:
+            a, b = (
+                (pair["chosen"], pair["rejected"])
+                if order == "AB"
+                else (pair["rejected"], pair["chosen"])
+            )
+            chat = compare_chat(constitution, pair["chat"], principle, a, b)
+            prompts.append(backend.render(chat) + render("compare_answer"))
+            meta.append((i, order))
+    scores = backend.choice_logprobs(prompts, ["A", "B"])
+    p_chosen: dict[int, list[float]] = {}
+    per_order = {o: [] for o in ORDERS}
+    conf, right = [], []
+    for (i, order), lp in zip(meta, scores):
+        p_a = _softmax(lp)[0]
+        pc = p_a if order == "AB" else 1 - p_a
+        p_chosen.setdefault(i, []).append(pc)
+        per_order[order].append(pc > 0.5)
+        conf.append(max(p_a, 1 - p_a))
+        right.append((p_a > 0.5) == (order == "AB"))
+    both = [sum(v) / len(v) > 0.5 for v in p_chosen.values()]
+    if not both:
+        raise InputError("no pairs to evaluate")
+    return {
+        "pairs": len(pairs),
+        "accuracy": sum(both) / len(both),
+        "accuracy_chosen_first": sum(per_order["AB"]) / len(per_order["AB"]),
+        "accuracy_chosen_second": sum(per_order["BA"]) / len(per_order["BA"]),
+        "ece": ece(conf, right),
+    }
+
+
+def evaluate_labeler(
+    path: Path, backend: Backend, constitution: Constitution, limit: int | None = None
+) -> dict[str, Any]:
+    mc, pairs = load_eval(path)
+    out: dict[str, Any] = {"data": str(path), "model": backend.model_label}
+    if mc:
+        out["multiple_choice"] = eval_multiple_choice(backend, mc[:limit])
+    if pairs:
+        out["pairs"] = eval_pairs(backend, constitution, pairs[:limit])
+    return out
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2)
