@@ -8,6 +8,10 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
    prompt per step, with the same chats, greedy decoding and the same token limit. Generated tokens
    per second. The baseline's rate does not depend on the number of prompts, so it runs on a
    subset (``--baseline-prompts``) to save time.
+2. preference_labels: judging pairs of answers against constitution principles in both orders,
+   our option log-prob scoring (one forward pass per judgement) against the common alternative of
+   generating the judge's answer and parsing the letter out of it, through the same batched engine
+   and the same prompts. Labels per second; the baseline's parse failures are reported too.
 """
 
 from __future__ import annotations
@@ -103,6 +107,47 @@ def bench_critiques(args) -> dict:
     }
 
 
+def bench_labels(args) -> dict:
+    import re
+
+    from cai.stages.preferences import compare_chat
+    from cai.templates import render
+
+    cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
+    items = load_prompts("red-team", args.label_prompts)
+    backend = make_backend("hf", "default", max_batch_size=args.batch_size)
+    answers = backend.generate(
+        [it.chat for it in items], Sampling(max_new_tokens=48, temperature=0.8, n=2, seed=0)
+    )
+    chats = []
+    for i, (item, pair) in enumerate(zip(items, answers)):
+        for p in cons.draw_many(2, 0, i):
+            for a, b in ((pair[0].text, pair[1].text), (pair[1].text, pair[0].text)):
+                chats.append(compare_chat(cons, item.chat, p, a, b))
+    prompts = [backend.render(c) + render("compare_answer") for c in chats]
+    t0 = time.perf_counter()
+    backend.choice_logprobs(prompts, ["A", "B"])
+    ours_s = time.perf_counter() - t0
+    sub = chats[: args.baseline_labels]
+    t0 = time.perf_counter()
+    outs = backend.generate(sub, Sampling(max_new_tokens=16))
+    base_s = time.perf_counter() - t0
+    letter = re.compile(r"\(?\b([AB])\b\)?")
+    failures = sum(letter.search(o[0].text) is None for o in outs)
+    ours, base = len(prompts) / ours_s, len(sub) / base_s
+    return {
+        "name": "preference_labels",
+        "ours": round(ours, 2),
+        "baseline": round(base, 2),
+        "ratio": round(ours / base, 2),
+        "unit": "labels/s",
+        "judgements": len(prompts),
+        "baseline_judgements": len(sub),
+        "baseline_parse_failures": failures,
+        "baseline_max_new_tokens": 16,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=64)
@@ -110,6 +155,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--label-prompts", type=int, default=16)
+    ap.add_argument("--baseline-labels", type=int, default=16)
+    ap.add_argument("--only", choices=["critiques", "labels"], default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results.jsonl")
     args = ap.parse_args()
     machine = {
@@ -117,10 +165,15 @@ def main() -> None:
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
-    results = [bench_critiques(args)]
+    benches = {"critiques": bench_critiques, "labels": bench_labels}
+    results = [fn(args) for name, fn in benches.items() if args.only in (None, name)]
+    if args.only and args.out.exists():  # keep the other benchmarks' last rows
+        names = {r["name"] for r in results}
+        old = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
+        results = [r for r in old if r["name"] not in names] + results
     with open(args.out, "w") as f:
         for r in results:
-            f.write(json.dumps({**r, "machine": machine}) + "\n")
+            f.write(json.dumps({"machine": machine, **r}) + "\n")
     print(f"{'benchmark':<30} {'ours':>10} {'baseline':>10} {'ratio':>7}  unit")
     for r in results:
         print(f"{r['name']:<30} {r['ours']:>10} {r['baseline']:>10} {r['ratio']:>6}x  {r['unit']}")
