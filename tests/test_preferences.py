@@ -207,3 +207,12 @@ def test_bad_preference_input(cli, tiny_model, tmp_path, extra, fragment):
     code, _, err = prefs(cli, tiny_model, out, "--prompts", "helpful", "--limit", "1", *extra)
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_splits_cleanly_detects_merged_option_tokens(tiny_model):
+    """An option that would merge with the text before it is detected (and flagged in labels)."""
+    from cai.backends import make_backend
+
+    backend = make_backend("hf", tiny_model)
+    assert backend.splits_cleanly("The answer is: (", "A")
+    assert not backend.splits_cleanly("The answer is: (xy", "z")  # "xyz" is one token

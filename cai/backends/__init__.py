@@ -61,6 +61,10 @@ class Backend(Protocol):
         self, prompts: Sequence[Chat | str], choices: Sequence[str]
     ) -> list[list[float]]: ...
 
+    def splits_cleanly(self, text: str, choice: str) -> bool:
+        """Whether ``text + choice`` tokenizes as ``text`` followed by ``choice``."""
+        ...
+
     def render(self, chat: Chat) -> str:
         """The exact text the model sees for ``chat`` (its chat template applied)."""
         ...

@@ -91,6 +91,11 @@ class HFBackend:
     def render(self, chat: Chat) -> str:
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
+    def splits_cleanly(self, text: str, choice: str) -> bool:
+        """Whether ``text + choice`` tokenizes as ``text`` then ``choice`` (no merge across)."""
+        enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return enc(text + choice) == enc(text) + enc(choice)
+
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]
 

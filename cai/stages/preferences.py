@@ -233,10 +233,12 @@ def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings,
     else:
         prompts = [feedback.render(c) + render("compare_answer") for c in chats]
     logprobs = feedback.choice_logprobs(prompts, ["A", "B"])
+    odd = {i for i, t in enumerate(prompts) if not all(feedback.splits_cleanly(t, c) for c in "AB")}
     records = []
-    for (jk, pair, p, order), lp, why in zip(jobs, logprobs, reasoning):
+    for i, ((jk, pair, p, order), lp, why) in enumerate(zip(jobs, logprobs, reasoning)):
         p_a, p_first = _p_first(lp, order, settings.clamp)
-        flags = []
+        # the option would merge with the text before it: its log-prob is not what the model reads
+        flags = ["option token split"] if i in odd else []
         if settings.cot and not (why or "").strip():
             flags.append("empty reasoning")
         records.append(
