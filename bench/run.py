@@ -132,7 +132,7 @@ def bench_labels(args) -> dict:
     ours_s = time.perf_counter() - t0
     sub = chats[: args.baseline_labels]
     t0 = time.perf_counter()
-    outs = backend.generate(sub, Sampling(max_new_tokens=16))
+    outs = backend.generate(sub, Sampling(max_new_tokens=args.judge_max_new_tokens))
     base_s = time.perf_counter() - t0
     letter = re.compile(r"\(?\b([AB])\b\)?")
     failures = sum(letter.search(o[0].text) is None for o in outs)
@@ -140,9 +140,16 @@ def bench_labels(args) -> dict:
     # the same judging as simple recipes run it: one generate call per judgement
     few = chats[: max(1, args.baseline_labels // 4)]
     t0 = time.perf_counter()
-    loose = sum(letter.search(one_request(backend, c, 16)[0]) is None for c in few)
+    answers_loop = [one_request(backend, c, args.judge_max_new_tokens) for c in few]
+    loose = sum(letter.search(text) is None for text, _ in answers_loop)
     loop = len(few) / (time.perf_counter() - t0)
-    common = {"unit": "labels/s", "judgements": len(prompts), "baseline_max_new_tokens": 16}
+    mean_tokens = sum(o[0].tokens for o in outs) / len(outs)
+    common = {
+        "unit": "labels/s",
+        "judgements": len(prompts),
+        "baseline_max_new_tokens": args.judge_max_new_tokens,
+        "baseline_mean_tokens": round(mean_tokens, 1),
+    }
     return [
         {
             "name": "preference_labels",
@@ -176,6 +183,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--label-prompts", type=int, default=16)
     ap.add_argument("--baseline-labels", type=int, default=16)
+    ap.add_argument(
+        "--judge-max-new-tokens",
+        type=int,
+        default=256,
+        help="baseline: the judge writes its answer until end of turn or this cap",
+    )
     ap.add_argument("--only", choices=["critiques", "labels"], default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results.jsonl")
     args = ap.parse_args()
