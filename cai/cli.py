@@ -38,6 +38,8 @@ eval_app = typer.Typer(
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Convert data sets.")
 app.add_typer(eval_app, name="eval")
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Train with TRL.")
+app.add_typer(train_app, name="train")
 
 
 @app.callback(invoke_without_command=True)
@@ -530,6 +532,80 @@ def data_import_hh(
     for p in problems:
         _err(f"skipped {p}")
     typer.echo(f"wrote {out}: {len(records)} pairs ({len(problems)} line(s) skipped)")
+
+
+def _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume):
+    from .train import TrainSettings
+
+    if lr <= 0 or epochs <= 0 or batch_size < 1 or max_steps == 0 or max_steps < -1:
+        raise InputError(
+            "--lr and --epochs must be > 0, --batch-size >= 1, --max-steps >= 1 "
+            "(or -1 for all epochs)"
+        )
+    return TrainSettings(
+        model=model,
+        out=out,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        lora=lora,
+        resume=resume,
+    )
+
+
+ModelOpt = Annotated[str, typer.Option(help="default | a model folder | a .gguf file | org/name")]
+LrOpt = Annotated[float, typer.Option(help="learning rate")]
+EpochsOpt = Annotated[float, typer.Option(help="epochs over the data")]
+StepsOpt = Annotated[int, typer.Option(help="stop after N optimizer steps (-1: epochs decide)")]
+BatchOpt = Annotated[int, typer.Option(help="examples per device per step")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+LoraOpt = Annotated[bool, typer.Option("--lora", help="train LoRA adapters (peft)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")]
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    data: Annotated[Path, typer.Option(help="sft.jsonl from `cai generate critiques`")],
+    out: Annotated[Path, typer.Option(help="where the trained model goes")],
+    model: ModelOpt = "default",
+    lr: LrOpt = 2e-5,
+    epochs: EpochsOpt = 1.0,
+    max_steps: StepsOpt = -1,
+    batch_size: BatchOpt = 4,
+    seed: SeedOpt = 0,
+    lora: LoraOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Supervised fine-tuning on the revisions (loss on the assistant's answer only)."""
+    from .train.sft import train_sft
+
+    settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume)
+    result = train_sft(data, settings)
+    typer.echo(json.dumps(result))
+    typer.echo(f"model: {out}\nmetrics: {out / 'metrics.jsonl'}")
+
+
+@train_app.command("rm")
+def train_rm_cmd(
+    data: Annotated[Path, typer.Option(help="preferences.jsonl (soft labels in p_chosen)")],
+    out: Annotated[Path, typer.Option(help="where the reward model goes")],
+    model: ModelOpt = "default",
+    lr: LrOpt = 1e-5,
+    epochs: EpochsOpt = 1.0,
+    max_steps: StepsOpt = -1,
+    batch_size: BatchOpt = 4,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+) -> None:
+    """A reward model fit to the soft labels; reports held-out accuracy and calibration."""
+    from .train.rm import train_rm
+
+    settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, False, resume)
+    result = train_rm(data, settings)
+    typer.echo(json.dumps(result))
+    typer.echo(f"reward model: {out}\nmetrics: {out / 'metrics.jsonl'}")
 
 
 @app.command("show-prompt")

@@ -1,0 +1,54 @@
+"""``cai train sft``: TRL's SFTTrainer on ``sft.jsonl``, loss on the assistant's answer only.
+
+Each ``messages`` row becomes TRL's conversational prompt-completion form (every turn before the
+final assistant turn is the prompt; the final answer is the completion), for which TRL computes
+the loss on the completion alone. That needs no ``{% generation %}`` markers in the chat template,
+which most templates (the default model's included) lack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows, peft_config
+
+
+def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    msgs = row["messages"]
+    return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+
+def train_sft(data: Path, settings: TrainSettings) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from ..models import resolve_model
+
+    path = resolve_model(settings.model).path
+    ds = load_rows(data)
+    if "messages" not in ds.column_names or len(ds) == 0:
+        raise InputError(f"{data}: expected rows with a `messages` column (cai's sft.jsonl)")
+    bad = [
+        i for i, r in enumerate(ds) if not r["messages"] or r["messages"][-1]["role"] != "assistant"
+    ]
+    if bad:
+        raise InputError(f"{data}:{bad[0] + 1}: messages must end with the assistant's turn")
+    ds = ds.map(to_prompt_completion, remove_columns=ds.column_names)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    args = SFTConfig(**settings.trl_args(), completion_only_loss=True)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=peft_config(settings.lora),
+        callbacks=[JsonlMetrics(settings.out / "metrics.jsonl")],
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
+    trainer.save_model(str(settings.out))
+    tok.save_pretrained(str(settings.out))
+    return {"rows": len(ds), "steps": result.global_step, "train_loss": result.training_loss}

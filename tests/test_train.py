@@ -1,0 +1,163 @@
+"""`cai train sft` and `cai train rm` on a tiny model: weights change, folders load, soft loss."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import read_jsonl
+
+from cai.train.rm import soft_preference_loss
+
+
+def test_soft_loss_by_hand():
+    rc, rr, p = torch.tensor([1.0, -0.5]), torch.tensor([0.0, 0.5]), torch.tensor([0.8, 0.3])
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    want = (
+        -sum(
+            pi * math.log(sig(d)) + (1 - pi) * math.log(1 - sig(d))
+            for d, pi in ((1.0, 0.8), (-1.0, 0.3))
+        )
+        / 2
+    )
+    assert soft_preference_loss(rc, rr, p).item() == pytest.approx(want, rel=1e-6)
+    # with hard labels it is the usual Bradley-Terry loss
+    hard = soft_preference_loss(rc, rr, torch.ones(2)).item()
+    assert hard == pytest.approx(-torch.nn.functional.logsigmoid(rc - rr).mean().item(), rel=1e-6)
+
+
+def sft_rows(path: Path, n: int = 6) -> Path:
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Question {i}: how do I water a fern?"},
+                        {"role": "assistant", "content": f"Keep the soil damp but not wet ({i})."},
+                    ],
+                    "id": f"r{i}",
+                }
+            )
+            + "\n"
+            for i in range(n)
+        )
+    )
+    return path
+
+
+def pref_rows(path: Path, n: int = 8) -> Path:
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Is {i} a lucky number?"}],
+            "chosen": [{"role": "assistant", "content": "Numbers are not lucky, but enjoy it."}],
+            "rejected": [{"role": "assistant", "content": "Yes, bet your savings on it."}],
+            "p_chosen": 0.6 + 0.04 * i,
+            "margin": 0.1,
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def weights(folder, cls):
+    model = cls.from_pretrained(folder)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_train_sft_changes_weights_and_loads(cli, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "sft"
+    code, stdout, err = cli(
+        "train",
+        "sft",
+        "--data",
+        sft_rows(tmp_path / "sft.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+    )
+    assert code == 0, err
+    before, after = weights(tiny_model, AutoModelForCausalLM), weights(out, AutoModelForCausalLM)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m] == [1, 2]
+
+
+def test_sft_loss_is_on_the_answer_only(tiny_model, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from cai.train import TrainSettings
+    from cai.train.sft import to_prompt_completion
+
+    rows = [json.loads(x) for x in sft_rows(tmp_path / "s.jsonl", 2).read_text().splitlines()]
+    ds = Dataset.from_list([to_prompt_completion(r) for r in rows])
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    args = SFTConfig(**TrainSettings(out=tmp_path / "o").trl_args(), completion_only_loss=True)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    answer = tok("Keep the soil damp", add_special_tokens=False)["input_ids"]
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        trained = [t for t, lab in zip(ids, labels) if lab != -100]
+        assert trained[: len(answer)] == answer  # the first trained token starts the answer
+        assert tok.decode(trained).startswith("Keep the soil damp")
+
+
+def test_train_rm_on_soft_labels(cli, tiny_model, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "rm"
+    code, stdout, err = cli(
+        "train",
+        "rm",
+        "--data",
+        pref_rows(tmp_path / "p.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+    )
+    assert code == 0, err
+    result = json.loads(next(x for x in stdout.splitlines() if x.startswith('{"rows"')))
+    assert result["heldout_pairs"] >= 1 and 0 <= result["heldout_accuracy"] <= 1
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 1
+    assert any("loss" in m for m in read_jsonl(out / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize(
+    "cmd,content,fragment",
+    [
+        ("sft", "", "no rows (the file is empty)"),
+        ("sft", '{"text": "x"}\n', "expected rows with a `messages` column"),
+        ("rm", '{"prompt": "x", "chosen": "a", "rejected": "b"}\n', "expected at least 2 rows"),
+    ],
+)
+def test_train_bad_data(cli, tiny_model, tmp_path, cmd, content, fragment):
+    data = tmp_path / "d.jsonl"
+    data.write_text(content)
+    code, _, err = cli("train", cmd, "--data", data, "--model", tiny_model, "--out", tmp_path / "o")
+    assert code == 2 and fragment in err
