@@ -14,6 +14,7 @@ No network is needed for the first three. Nothing here trusts remote code.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -78,8 +79,11 @@ def resolve_model(name: str) -> ResolvedModel:
 
 def cached_gguf(gguf: Path, label: str) -> Path:
     """A safetensors copy of a GGUF model, made on first use (atomic, safe to race)."""
-    stat = gguf.stat()
-    target = cache_dir() / "models" / f"{label}-{stat.st_size}-{int(stat.st_mtime)}"
+    # Keyed by content (size and a hash of the first 4 MiB), not by path or time, so that a
+    # reinstall of the same file, or another virtual environment, finds the same cache.
+    with open(gguf, "rb") as f:
+        head = hashlib.sha256(f.read(4 << 20)).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{label}-{gguf.stat().st_size}-{head}"
     if (target / "model.safetensors").is_file():
         return target
     import torch

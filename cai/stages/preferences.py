@@ -308,7 +308,7 @@ def export_preferences(run: RunDir, pairs: Sequence[Pair], min_margin: float = 0
             continue
         labels.setdefault(rec["pair"], []).append(rec)
         flags.update(rec.get("flags") or [])
-    rows, kept = [], []
+    rows = []
     for pair in pairs:
         js = labels.get(pair.key)
         if js:
