@@ -1,0 +1,125 @@
+"""`cai train ...`, `cai eval labeler` and `cai data import-hh`: parse, call the library, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .cli import ConstitutionOpt, _err, data_app, eval_app, train_app
+from .errors import InputError
+
+
+@eval_app.command("labeler")
+def eval_labeler(
+    data: Annotated[Path, typer.Option(help="JSONL: corrects/incorrects or chosen/rejected")],
+    model: Annotated[str, typer.Option(help="the feedback model to measure")] = "default",
+    constitution: ConstitutionOpt = "harmless",
+    limit: Annotated[Optional[int], typer.Option(help="only the first N items")] = None,
+    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+) -> None:
+    """Score a feedback model against human labels: accuracy (both orders) and calibration."""
+    from .backends import make_backend, pick_backend
+    from .constitution import load_constitution
+    from .stages.evaluate import dumps, evaluate_labeler, load_eval
+    from .store import write_atomic
+
+    cons = load_constitution(constitution)
+    load_eval(data)  # bad data fails before a model loads
+    result = evaluate_labeler(data, make_backend(pick_backend(backend), model), cons, limit)
+    text = dumps(result)
+    if out:
+        write_atomic(out, text + "\n")
+    typer.echo(text)
+
+
+@data_app.command("import-hh")
+def data_import_hh(
+    file: Path,
+    out: Annotated[Path, typer.Option(help="where to write the preference JSONL")],
+) -> None:
+    """Convert Human:/Assistant: transcript pairs (chosen/rejected) to cai's preference format."""
+    from .hh import import_hh, write_preferences
+
+    records, problems = import_hh(file)
+    write_preferences(records, out)
+    for p in problems:
+        _err(f"skipped {p}")
+    typer.echo(f"wrote {out}: {len(records)} pairs ({len(problems)} line(s) skipped)")
+
+
+def _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume):
+    from .train import TrainSettings
+
+    if lr <= 0 or epochs <= 0 or batch_size < 1 or max_steps == 0 or max_steps < -1:
+        raise InputError(
+            "--lr and --epochs must be > 0, --batch-size >= 1, --max-steps >= 1 "
+            "(or -1 for all epochs)"
+        )
+    return TrainSettings(
+        model=model,
+        out=out,
+        lr=lr,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        seed=seed,
+        lora=lora,
+        resume=resume,
+    )
+
+
+ModelOpt = Annotated[str, typer.Option(help="default | a model folder | a .gguf file | org/name")]
+LrOpt = Annotated[float, typer.Option(help="learning rate")]
+EpochsOpt = Annotated[float, typer.Option(help="epochs over the data")]
+StepsOpt = Annotated[int, typer.Option(help="stop after N optimizer steps (-1: epochs decide)")]
+BatchOpt = Annotated[int, typer.Option(help="examples per device per step")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+LoraOpt = Annotated[bool, typer.Option("--lora", help="train LoRA adapters (peft)")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="continue from the last checkpoint")]
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    data: Annotated[Path, typer.Option(help="sft.jsonl from `cai generate critiques`")],
+    out: Annotated[Path, typer.Option(help="where the trained model goes")],
+    model: ModelOpt = "default",
+    lr: LrOpt = 2e-5,
+    epochs: EpochsOpt = 1.0,
+    max_steps: StepsOpt = -1,
+    batch_size: BatchOpt = 4,
+    seed: SeedOpt = 0,
+    lora: LoraOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """Supervised fine-tuning on the revisions (loss on the assistant's answer only)."""
+    from .train.sft import train_sft
+
+    settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume)
+    result = train_sft(data, settings)
+    typer.echo(json.dumps(result))
+    typer.echo(f"model: {out}\nmetrics: {out / 'metrics.jsonl'}")
+
+
+@train_app.command("rm")
+def train_rm_cmd(
+    data: Annotated[Path, typer.Option(help="preferences.jsonl (soft labels in p_chosen)")],
+    out: Annotated[Path, typer.Option(help="where the reward model goes")],
+    model: ModelOpt = "default",
+    lr: LrOpt = 1e-5,
+    epochs: EpochsOpt = 1.0,
+    max_steps: StepsOpt = -1,
+    batch_size: BatchOpt = 4,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+) -> None:
+    """A reward model fit to the soft labels; reports held-out accuracy and calibration."""
+    from .train.rm import train_rm
+
+    settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, False, resume)
+    result = train_rm(data, settings)
+    typer.echo(json.dumps(result))
+    typer.echo(f"reward model: {out}\nmetrics: {out / 'metrics.jsonl'}")
