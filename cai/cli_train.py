@@ -123,3 +123,29 @@ def train_rm_cmd(
     result = train_rm(data, settings)
     typer.echo(json.dumps(result))
     typer.echo(f"reward model: {out}\nmetrics: {out / 'metrics.jsonl'}")
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(
+    data: Annotated[Path, typer.Option(help="preferences.jsonl (soft labels in p_chosen)")],
+    out: Annotated[Path, typer.Option(help="where the trained model goes")],
+    model: ModelOpt = "default",
+    beta: Annotated[float, typer.Option(help="DPO beta (strength of the KL anchor)")] = 0.1,
+    min_margin: Annotated[float, typer.Option(help="leave out pairs with margin below this")] = 0.0,
+    lr: LrOpt = 5e-7,
+    epochs: EpochsOpt = 1.0,
+    max_steps: StepsOpt = -1,
+    batch_size: BatchOpt = 4,
+    seed: SeedOpt = 0,
+    lora: LoraOpt = False,
+    resume: ResumeOpt = False,
+) -> None:
+    """DPO on AI preference labels; each pair shown as labelled with probability p_chosen."""
+    from .train.dpo import train_dpo
+
+    if beta <= 0 or not 0 <= min_margin <= 1:
+        raise InputError("--beta must be > 0 and --min-margin in [0, 1]")
+    settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume)
+    result = train_dpo(data, settings, beta, min_margin)
+    typer.echo(json.dumps(result))
+    typer.echo(f"model: {out}\nmetrics: {out / 'metrics.jsonl'}")

@@ -161,3 +161,64 @@ def test_train_bad_data(cli, tiny_model, tmp_path, cmd, content, fragment):
     data.write_text(content)
     code, _, err = cli("train", cmd, "--data", data, "--model", tiny_model, "--out", tmp_path / "o")
     assert code == 2 and fragment in err
+
+
+def test_soft_label_passes_swap_at_rate_one_minus_p():
+    from cai.train.dpo import soft_label_passes
+
+    rows = [
+        {"id": f"r{i}", "prompt": [], "chosen": "c", "rejected": "r", "p_chosen": 0.7}
+        for i in range(2000)
+    ]
+    shown = soft_label_passes(rows, 2, seed=0)
+    assert len(shown) == 4000
+    swapped = sum(s["chosen"] == "r" for s in shown) / len(shown)
+    assert 0.27 < swapped < 0.33
+    assert shown == soft_label_passes(rows, 2, seed=0)  # seeded
+    hard = soft_label_passes([{**rows[0], "p_chosen": 1.0}], 50, seed=1)
+    assert all(s["chosen"] == "c" for s in hard)
+
+
+def test_train_dpo_changes_weights_and_loads(cli, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "dpo"
+    code, stdout, err = cli(
+        "train",
+        "dpo",
+        "--data",
+        pref_rows(tmp_path / "p.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+        "--min-margin",
+        "0.05",
+    )
+    assert code == 0, err
+    result = json.loads(next(x for x in stdout.splitlines() if x.startswith('{"pairs"')))
+    assert result["pairs"] == 8 and result["steps"] == 2
+    before, after = weights(tiny_model, AutoModelForCausalLM), weights(out, AutoModelForCausalLM)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_train_dpo_min_margin_filters(cli, tiny_model, tmp_path):
+    code, _, err = cli(
+        "train",
+        "dpo",
+        "--data",
+        pref_rows(tmp_path / "p.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        tmp_path / "o",
+        "--min-margin",
+        "0.5",
+    )
+    assert code == 2 and "no pairs left with margin >= 0.5" in err

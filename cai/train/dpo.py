@@ -1,0 +1,81 @@
+"""``cai train dpo``: TRL's DPOTrainer on soft preference labels.
+
+A soft label p = ``p_chosen`` asks for the conservative-DPO objective of each pair,
+p * L(chosen > rejected) + (1 - p) * L(rejected > chosen). TRL 1.16's DPO loss takes no per-pair
+label, so we use the exact equivalent in expectation: each time a pair is shown (once per epoch),
+it is shown in its stated order with probability p and swapped otherwise, the draw seeded by the
+pair and the epoch. The stock DPOTrainer then trains on the result unchanged. ``--min-margin``
+leaves out near-ties first.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows, peft_config
+
+
+def soft_label_passes(rows: list[dict[str, Any]], epochs: int, seed: int) -> list[dict[str, Any]]:
+    """``epochs`` passes over ``rows``, each pair swapped with probability 1 - p_chosen."""
+    out = []
+    for epoch in range(epochs):
+        for i, row in enumerate(rows):
+            rng = random.Random(f"{seed}|{epoch}|{row.get('id', i)}|{i}")
+            keep = rng.random() < float(row.get("p_chosen", 1.0))
+            chosen, rejected = (
+                (row["chosen"], row["rejected"]) if keep else (row["rejected"], row["chosen"])
+            )
+            out.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected})
+    return out
+
+
+def train_dpo(
+    data: Path, settings: TrainSettings, beta: float = 0.1, min_margin: float = 0.0
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from ..models import resolve_model
+
+    path = resolve_model(settings.model).path
+    ds = load_rows(data)
+    if not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
+        raise InputError(
+            f"{data}: expected prompt, chosen and rejected columns (preferences.jsonl)"
+        )
+    rows = [r for r in ds if r.get("margin") is None or r["margin"] >= min_margin]
+    if not rows:
+        raise InputError(f"{data}: no pairs left with margin >= {min_margin}")
+    passes = max(1, math.ceil(settings.epochs))
+    train = Dataset.from_list(soft_label_passes(rows, passes, settings.seed))
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    args = DPOConfig(
+        **{**settings.trl_args(), "num_train_epochs": settings.epochs / passes}, beta=beta
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=peft_config(settings.lora),
+        callbacks=[JsonlMetrics(settings.out / "metrics.jsonl")],
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
+    trainer.save_model(str(settings.out))
+    tok.save_pretrained(str(settings.out))
+    swapped = sum(a["chosen"] != r["chosen"] for a, r in zip(train, rows * passes))
+    return {
+        "pairs": len(rows),
+        "dropped_below_margin": len(ds) - len(rows),
+        "shown": len(train),
+        "shown_swapped": swapped,
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+    }
