@@ -149,3 +149,67 @@ def train_dpo_cmd(
     result = train_dpo(data, settings, beta, min_margin)
     typer.echo(json.dumps(result))
     typer.echo(f"model: {out}\nmetrics: {out / 'metrics.jsonl'}")
+
+
+def _rl_command(algo: str):
+    def command(
+        prompts: Annotated[str, typer.Option(help="prompts file or shipped set")],
+        reward: Annotated[str, typer.Option(help="rm:DIR (a reward model) or constitution:FILE")],
+        out: Annotated[Path, typer.Option(help="where the trained policy goes")],
+        model: ModelOpt = "default",
+        judge: Annotated[str, typer.Option(help="feedback model for constitution:")] = "default",
+        ensemble: Annotated[int, typer.Option(help="principles per comparison")] = 2,
+        beta: Annotated[float, typer.Option(help="KL penalty to the reference model")] = 0.04,
+        generations: Annotated[int, typer.Option(help="completions per prompt (group size)")] = 2,
+        max_completion_length: Annotated[int, typer.Option(help="tokens per completion")] = 64,
+        length_factor: Annotated[
+            float, typer.Option(help="warn when mean length grows past this factor")
+        ] = 2.0,
+        kl_bound: Annotated[float, typer.Option(help="warn when KL passes this")] = 1.0,
+        limit: Annotated[Optional[int], typer.Option(help="only the first N prompts")] = None,
+        lr: LrOpt = 1e-6,
+        epochs: EpochsOpt = 1.0,
+        max_steps: StepsOpt = -1,
+        batch_size: BatchOpt = 4,
+        seed: SeedOpt = 0,
+        lora: LoraOpt = False,
+        resume: ResumeOpt = False,
+    ) -> None:
+        from .train.rl import train_rl
+
+        if beta < 0 or generations < 2 or max_completion_length < 1 or ensemble < 1:
+            raise InputError(
+                "--beta must be >= 0, --generations >= 2, --max-completion-length "
+                "and --ensemble >= 1"
+            )
+        settings = _train_settings(
+            model, out, lr, epochs, max_steps, batch_size, seed, lora, resume
+        )
+        result = train_rl(
+            algo,
+            prompts,
+            reward,
+            settings,
+            beta=beta,
+            generations=generations,
+            max_completion_length=max_completion_length,
+            judge=judge,
+            ensemble=ensemble,
+            limit=limit,
+            length_factor=length_factor,
+            kl_bound=kl_bound,
+        )
+        for w in result["warnings"]:
+            _err(f"warning: {w}")
+        typer.echo(json.dumps(result))
+        typer.echo(f"policy: {out}\nmetrics: {out / 'metrics.jsonl'}")
+
+    command.__doc__ = (
+        f"{algo.upper()} with a KL penalty to the reference; reward from a "
+        "reward model or the constitution judge."
+    )
+    return command
+
+
+train_app.command("rloo")(_rl_command("rloo"))
+train_app.command("grpo")(_rl_command("grpo"))

@@ -1,0 +1,220 @@
+"""``cai train rloo | grpo``: TRL's policy optimizers with a KL penalty to the reference, rewarded
+by a trained reward model (``rm:DIR``) or straight by the constitution judge
+(``constitution:FILE``, direct RLAIF).
+
+The constitution reward compares each completion with the other completions of the same prompt
+(the group TRL samples): for every other completion, E principles are drawn and the feedback
+model is asked the principle's comparison question in both orders, as in preference labelling;
+a completion's reward is its mean probability of being preferred, in [0, 1].
+
+Reward hacking is watched: :class:`Monitor` writes mean reward, KL to the reference and mean
+completion length to ``metrics.jsonl`` every log step and records a warning when the length grows
+past ``length_factor`` times its first value or the KL passes ``kl_bound``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..errors import InputError
+from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows, peft_config  # noqa: F401
+
+
+def _text(completion) -> str:
+    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+        return completion[-1]["content"]
+    return str(completion)
+
+
+class ConstitutionReward:
+    """Group-relative preference probability from the constitution's comparison questions."""
+
+    __name__ = "constitution"
+
+    def __init__(self, constitution, judge, ensemble: int = 2, seed: int = 0):
+        self.constitution, self.judge, self.ensemble, self.seed = (
+            constitution,
+            judge,
+            ensemble,
+            seed,
+        )
+        self.calls = 0
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        from ..stages.preferences import _p_first, compare_chat
+        from ..templates import render
+
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(json.dumps(p, sort_keys=True), []).append(i)
+        jobs, chats = [], []
+        for key_text, idx in groups.items():
+            chat = json.loads(key_text)
+            chat = chat if isinstance(chat, list) else [{"role": "user", "content": chat}]
+            for i in idx:
+                for j in idx:
+                    if i >= j:
+                        continue
+                    a, b = _text(completions[i]), _text(completions[j])
+                    for p in self.constitution.draw_many(
+                        self.ensemble, self.seed, self.calls, i, j
+                    ):
+                        for order, (x, y) in (("AB", (a, b)), ("BA", (b, a))):
+                            jobs.append((i, j, order))
+                            chats.append(compare_chat(self.constitution, chat, p, x, y))
+        self.calls += 1
+        wins = {i: [] for i in range(len(completions))}
+        if chats:
+            prompts_text = [self.judge.render(c) + render("compare_answer") for c in chats]
+            for (i, j, order), lp in zip(
+                jobs, self.judge.choice_logprobs(prompts_text, ["A", "B"])
+            ):
+                _, p_i = _p_first(lp, order, None)
+                wins[i].append(p_i)
+                wins[j].append(1 - p_i)
+        return [sum(v) / len(v) if v else 0.5 for v in (wins[i] for i in range(len(completions)))]
+
+
+class RewardModelReward:
+    """Scalar score of a reward model trained by ``cai train rm``."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, folder: str):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.tok = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        scores = []
+        for prompt, completion in zip(prompts, completions):
+            chat = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            chat = chat + [{"role": "assistant", "content": _text(completion)}]
+            text = self.tok.apply_chat_template(chat, tokenize=False)
+            ids = self.tok(text, add_special_tokens=False, return_tensors="pt")
+            with self.torch.no_grad():
+                scores.append(self.model(**ids).logits[0, 0].item())
+        return scores
+
+
+class Monitor(TrainerCallback):
+    """Watches reward, KL and length; records a warning when length or KL drift too far."""
+
+    def __init__(self, path: Path, length_factor: float = 2.0, kl_bound: float = 1.0):
+        self.path, self.length_factor, self.kl_bound = path, length_factor, kl_bound
+        self.first_length: float | None = None
+        self.warnings: list[str] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "reward" not in logs:
+            return
+        length, kl = logs.get("completions/mean_length"), logs.get("kl")
+        if length is not None and self.first_length is None:
+            self.first_length = length
+        found = []
+        if (
+            length is not None
+            and self.first_length
+            and length > self.length_factor * self.first_length
+        ):
+            found.append(
+                f"mean length {length:.0f} is over {self.length_factor}x its start "
+                f"({self.first_length:.0f})"
+            )
+        if kl is not None and kl > self.kl_bound:
+            found.append(f"KL to the reference {kl:.3f} is over {self.kl_bound}")
+        row = {
+            "step": state.global_step,
+            "monitor": {"reward": logs.get("reward"), "kl": kl, "mean_length": length},
+            "warnings": found,
+        }
+        self.warnings += [f"step {state.global_step}: {w}" for w in found]
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def make_reward(spec: str, judge_model: str, ensemble: int, seed: int):
+    kind, _, target = spec.partition(":")
+    if kind == "rm" and target:
+        if not (Path(target) / "config.json").is_file():
+            raise InputError(f"--reward {spec}: {target} is not a model folder")
+        return RewardModelReward(target)
+    if kind == "constitution" and target:
+        from ..backends import make_backend
+        from ..constitution import load_constitution
+
+        return ConstitutionReward(
+            load_constitution(target), make_backend("hf", judge_model), ensemble, seed
+        )
+    raise InputError(f"--reward {spec!r}: use rm:DIR or constitution:FILE")
+
+
+def train_rl(
+    algo: str,
+    prompts_spec: str,
+    reward_spec: str,
+    settings: TrainSettings,
+    *,
+    beta: float = 0.04,
+    generations: int = 2,
+    max_completion_length: int = 64,
+    judge: str = "default",
+    ensemble: int = 2,
+    limit: int | None = None,
+    length_factor: float = 2.0,
+    kl_bound: float = 1.0,
+) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..inputs import load_prompts
+    from ..models import resolve_model
+
+    if algo == "grpo":
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    elif algo == "rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    else:
+        raise InputError(f"unknown algorithm {algo!r}")
+    reward = make_reward(reward_spec, judge, ensemble, settings.seed)
+    items = load_prompts(prompts_spec, limit)
+    train = Dataset.from_list([{"prompt": it.chat} for it in items])
+    path = resolve_model(settings.model).path
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    base = settings.trl_args()
+    base["per_device_train_batch_size"] = max(
+        generations, base["per_device_train_batch_size"] // generations * generations
+    )
+    args = Config(
+        **base, beta=beta, num_generations=generations, max_completion_length=max_completion_length
+    )
+    monitor = Monitor(settings.out / "metrics.jsonl", length_factor, kl_bound)
+    trainer = Trainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=train,
+        processing_class=tok,
+        peft_config=peft_config(settings.lora),
+        callbacks=[JsonlMetrics(settings.out / "metrics.jsonl"), monitor],
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
+    trainer.save_model(str(settings.out))
+    tok.save_pretrained(str(settings.out))
+    return {
+        "prompts": len(items),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "warnings": monitor.warnings,
+    }
