@@ -222,3 +222,25 @@ def test_train_dpo_min_margin_filters(cli, tiny_model, tmp_path):
         "0.5",
     )
     assert code == 2 and "no pairs left with margin >= 0.5" in err
+
+
+def test_train_resume_continues_from_the_last_checkpoint(cli, tiny_model, tmp_path):
+    data, out = sft_rows(tmp_path / "sft.jsonl", 8), tmp_path / "sft"
+    common = [
+        "train",
+        "sft",
+        "--data",
+        data,
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--batch-size",
+        "2",
+    ]
+    assert cli(*common, "--max-steps", "2")[0] == 0
+    assert (out / "checkpoint-2").is_dir()
+    code, _, err = cli(*common, "--max-steps", "4", "--resume")
+    assert code == 0, err
+    steps = [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 are not trained again

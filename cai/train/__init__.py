@@ -82,6 +82,14 @@ def peft_config(lora: bool):
     )
 
 
+def fit(trainer, tok, settings: TrainSettings):
+    """Train (from the last checkpoint with ``--resume``), then save model and tokenizer to OUT."""
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
+    trainer.save_model(str(settings.out))
+    tok.save_pretrained(str(settings.out))
+    return result
+
+
 def last_checkpoint(out: Path, resume: bool) -> str | None:
     if not resume:
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows, peft_config
+from . import JsonlMetrics, TrainSettings, fit, load_rows, peft_config
 
 
 def soft_label_passes(rows: list[dict[str, Any]], epochs: int, seed: int) -> list[dict[str, Any]]:
@@ -67,9 +67,7 @@ def train_dpo(
         peft_config=peft_config(settings.lora),
         callbacks=[JsonlMetrics(settings.out / "metrics.jsonl")],
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
-    trainer.save_model(str(settings.out))
-    tok.save_pretrained(str(settings.out))
+    result = fit(trainer, tok, settings)
     swapped = sum(a["chosen"] != r["chosen"] for a, r in zip(train, rows * passes))
     return {
         "pairs": len(rows),

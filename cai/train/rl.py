@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows, peft_config  # noqa: F401
+from . import JsonlMetrics, TrainSettings, fit, peft_config
 
 
 def _text(completion) -> str:
@@ -209,9 +209,7 @@ def train_rl(
         peft_config=peft_config(settings.lora),
         callbacks=[JsonlMetrics(settings.out / "metrics.jsonl"), monitor],
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
-    trainer.save_model(str(settings.out))
-    tok.save_pretrained(str(settings.out))
+    result = fit(trainer, tok, settings)
     return {
         "prompts": len(items),
         "steps": result.global_step,

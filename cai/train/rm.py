@@ -22,7 +22,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows
+from . import JsonlMetrics, TrainSettings, fit, load_rows
 
 
 def soft_preference_loss(
@@ -87,9 +87,7 @@ def train_rm(data: Path, settings: TrainSettings, eval_share: float = 0.1) -> di
         data_collator=SoftLabelCollator(pad_token_id=tok.pad_token_id),
         callbacks=[JsonlMetrics(settings.out / "metrics.jsonl")],
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
-    trainer.save_model(str(settings.out))
-    tok.save_pretrained(str(settings.out))
+    result = fit(trainer, tok, settings)
     held = heldout(trainer, split["test"], tok, ece)
     return {
         "rows": len(ds),

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, last_checkpoint, load_rows, peft_config
+from . import JsonlMetrics, TrainSettings, fit, load_rows, peft_config
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +48,5 @@ def train_sft(data: Path, settings: TrainSettings) -> dict[str, Any]:
         peft_config=peft_config(settings.lora),
         callbacks=[JsonlMetrics(settings.out / "metrics.jsonl")],
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
-    trainer.save_model(str(settings.out))
-    tok.save_pretrained(str(settings.out))
+    result = fit(trainer, tok, settings)
     return {"rows": len(ds), "steps": result.global_step, "train_loss": result.training_loss}
