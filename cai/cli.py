@@ -256,6 +256,42 @@ def show_prompt(
     typer.echo("--- assistant (generated)")
 
 
+@app.command("validate")
+def validate_pipelines(
+    files: Annotated[list[Path], typer.Argument(help="pipeline YAML files")],
+) -> None:
+    """Check pipeline files; print every problem as FILE:LINE: field: message."""
+    from .pipeline import load_pipeline
+
+    problems = []
+    for f in files:
+        try:
+            load_pipeline(f)
+        except ConfigError as err:
+            problems += err.problems
+    for p in problems:
+        _err(str(p))
+    if problems:
+        raise typer.Exit(2)
+    typer.echo(f"ok: {len(files)} pipeline(s)")
+
+
+@app.command("run")
+def run_pipeline_cmd(
+    file: Path,
+    overrides: Annotated[
+        Optional[list[str]], typer.Option("--set", help="key.sub=value, e.g. critiques.limit=4")
+    ] = None,
+) -> None:
+    """Run a pipeline file's stages in order into one run directory, skipping finished ones."""
+    from .pipeline import load_pipeline, run_pipeline
+
+    pipeline = load_pipeline(file, overrides or [])
+    report = run_pipeline(pipeline, typer.echo)
+    typer.echo(f"pipeline {pipeline['name']}: " + ", ".join(f"{n} {s}" for n, s in report))
+    typer.echo(f"run directory: {pipeline['out']}")
+
+
 # The command groups live in their own modules; importing them registers their commands.
 from . import cli_generate, cli_train  # noqa: E402, F401
 

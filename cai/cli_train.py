@@ -211,5 +211,5 @@ def _rl_command(algo: str):
     return command
 
 
-train_app.command("rloo")(_rl_command("rloo"))
-train_app.command("grpo")(_rl_command("grpo"))
+rloo_cmd = train_app.command("rloo")(_rl_command("rloo"))
+grpo_cmd = train_app.command("grpo")(_rl_command("grpo"))
