@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.cai-installed
 
 help:
 	@echo "make setup   create $(VENV) and install cai with its dev tools and the default model"
-	@echo "make demo    setup, then SL-CAI critiques on the default model (runs/demo)"
+	@echo "make demo    setup, then pipelines/quickstart.yaml on the default model (runs/quickstart)"
 	@echo "make test    setup, then the test suite (tiny local models; one slow default-model test)"
 	@echo "make bench   setup, then the benchmarks (bench/results.jsonl)"
 	@echo "make lint    ruff"
@@ -23,8 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/cai generate critiques --constitution constitutions/harmless.yaml \
-		--prompts red-team --limit 12 --rounds 2 --max-new-tokens 96 --out runs/demo
+	$(VENV)/bin/cai run pipelines/quickstart.yaml
 
 test: setup
 	$(VENV)/bin/ruff check cai tests bench cli.py
