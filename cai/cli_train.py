@@ -213,3 +213,4 @@ def _rl_command(algo: str):
 
 rloo_cmd = train_app.command("rloo")(_rl_command("rloo"))
 grpo_cmd = train_app.command("grpo")(_rl_command("grpo"))
+online_dpo_cmd = train_app.command("online-dpo")(_rl_command("online-dpo"))

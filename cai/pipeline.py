@@ -50,6 +50,7 @@ def commands() -> dict[str, Any]:
         "dpo": cli_train.train_dpo_cmd,
         "rloo": cli_train.rloo_cmd,
         "grpo": cli_train.grpo_cmd,
+        "online-dpo": cli_train.online_dpo_cmd,
     }
 
 

@@ -149,3 +149,40 @@ def test_bad_reward_spec(cli, tiny_model, tmp_path):
         tmp_path / "o",
     )
     assert code == 2 and "use rm:DIR or constitution:FILE" in err
+
+
+def test_online_dpo_with_a_reward_model(cli, tiny_model, reward_model, tmp_path):
+    out = tmp_path / "odpo"
+    code, stdout, err = cli(
+        "train",
+        "online-dpo",
+        "--prompts",
+        "helpful",
+        "--limit",
+        "4",
+        "--reward",
+        f"rm:{reward_model}",
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-completion-length",
+        "6",
+        "--lr",
+        "1e-2",
+    )
+    assert code == 0, err
+    monitor = [r for r in read_jsonl(out / "metrics.jsonl") if "monitor" in r]
+    assert len(monitor) == 2
+    assert all(
+        r["monitor"]["kl"] is not None and r["monitor"]["reward"] is not None for r in monitor
+    )
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -112,10 +112,14 @@ class Monitor(TrainerCallback):
         self.first_length: float | None = None
         self.warnings: list[str] = []
 
+    # GRPO/RLOO log `reward` and `kl`; TRL's online DPO logs `objective/scores` and `objective/kl`
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "reward" not in logs:
+        logs = logs or {}
+        reward = logs.get("reward", logs.get("objective/scores"))
+        if reward is None:
             return
-        length, kl = logs.get("completions/mean_length"), logs.get("kl")
+        length = logs.get("completions/mean_length")
+        kl = logs.get("kl", logs.get("objective/kl"))
         if length is not None and self.first_length is None:
             self.first_length = length
         found = []
@@ -132,7 +136,7 @@ class Monitor(TrainerCallback):
             found.append(f"KL to the reference {kl:.3f} is over {self.kl_bound}")
         row = {
             "step": state.global_step,
-            "monitor": {"reward": logs.get("reward"), "kl": kl, "mean_length": length},
+            "monitor": {"reward": reward, "kl": kl, "mean_length": length},
             "warnings": found,
         }
         self.warnings += [f"step {state.global_step}: {w}" for w in found]
@@ -183,6 +187,9 @@ def train_rl(
     elif algo == "rloo":
         from trl import RLOOConfig as Config
         from trl import RLOOTrainer as Trainer
+    elif algo == "online-dpo":
+        from trl.experimental.online_dpo import OnlineDPOConfig as Config
+        from trl.experimental.online_dpo import OnlineDPOTrainer as Trainer
     else:
         raise InputError(f"unknown algorithm {algo!r}")
     reward = make_reward(reward_spec, judge, ensemble, settings.seed)
@@ -196,9 +203,15 @@ def train_rl(
     base["per_device_train_batch_size"] = max(
         generations, base["per_device_train_batch_size"] // generations * generations
     )
-    args = Config(
-        **base, beta=beta, num_generations=generations, max_completion_length=max_completion_length
-    )
+    if algo == "online-dpo":  # two completions per prompt; the reward picks chosen and rejected
+        args = Config(**base, beta=[beta], max_new_tokens=max_completion_length)
+    else:
+        args = Config(
+            **base,
+            beta=beta,
+            num_generations=generations,
+            max_completion_length=max_completion_length,
+        )
     monitor = Monitor(settings.out / "metrics.jsonl", length_factor, kl_bound)
     trainer = Trainer(
         model=model,
