@@ -53,6 +53,8 @@ def _root(
         raise typer.Exit()
 
 
+ARGV: list[str] = []  # this invocation's arguments, for relaunching under accelerate
+
 ConstitutionOpt = Annotated[
     str, typer.Option(help="constitution YAML, or a shipped name: harmless, helpful-harmless, ...")
 ]
@@ -298,6 +300,8 @@ from . import cli_generate, cli_train  # noqa: E402, F401
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``cai`` script; ``argv`` defaults to ``sys.argv[1:]``."""
+    global ARGV
+    ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="cai", standalone_mode=True)
     except ConfigError as err:

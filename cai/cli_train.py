@@ -51,6 +51,50 @@ def data_import_hh(
     typer.echo(f"wrote {out}: {len(records)} pairs ({len(problems)} line(s) skipped)")
 
 
+AccelerateOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="run this same command under `accelerate launch --config_file FILE`"),
+]
+
+
+def relaunch_under_accelerate(config: Path | None) -> None:
+    """With ``--accelerate-config``, run this command again under ``accelerate launch``.
+
+    The config (DDP, FSDP, DeepSpeed ZeRO, number of processes) is accelerate's own; cai passes it
+    through unchanged and exits with the launched run's exit code.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from . import cli
+
+    if config is None or os.environ.get("CAI_UNDER_ACCELERATE") == "1":
+        return
+    if not config.is_file():
+        raise InputError(f"{config}: accelerate config file not found")
+    args, skip = [], False
+    for a in cli.ARGV:
+        if skip:
+            skip = False
+        elif a == "--accelerate-config":
+            skip = True
+        elif not a.startswith("--accelerate-config="):
+            args.append(a)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "-m",
+        "cai",
+        *args,
+    ]
+    code = subprocess.call(cmd, env={**os.environ, "CAI_UNDER_ACCELERATE": "1"})
+    raise typer.Exit(code)
+
+
 def _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume):
     from .train import TrainSettings
 
@@ -94,11 +138,13 @@ def train_sft_cmd(
     seed: SeedOpt = 0,
     lora: LoraOpt = False,
     resume: ResumeOpt = False,
+    accelerate_config: AccelerateOpt = None,
 ) -> None:
     """Supervised fine-tuning on the revisions (loss on the assistant's answer only)."""
     from .train.sft import train_sft
 
     settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume)
+    relaunch_under_accelerate(accelerate_config)
     result = train_sft(data, settings)
     typer.echo(json.dumps(result))
     typer.echo(f"model: {out}\nmetrics: {out / 'metrics.jsonl'}")
@@ -115,11 +161,13 @@ def train_rm_cmd(
     batch_size: BatchOpt = 4,
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
+    accelerate_config: AccelerateOpt = None,
 ) -> None:
     """A reward model fit to the soft labels; reports held-out accuracy and calibration."""
     from .train.rm import train_rm
 
     settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, False, resume)
+    relaunch_under_accelerate(accelerate_config)
     result = train_rm(data, settings)
     typer.echo(json.dumps(result))
     typer.echo(f"reward model: {out}\nmetrics: {out / 'metrics.jsonl'}")
@@ -139,6 +187,7 @@ def train_dpo_cmd(
     seed: SeedOpt = 0,
     lora: LoraOpt = False,
     resume: ResumeOpt = False,
+    accelerate_config: AccelerateOpt = None,
 ) -> None:
     """DPO on AI preference labels; each pair shown as labelled with probability p_chosen."""
     from .train.dpo import train_dpo
@@ -146,6 +195,7 @@ def train_dpo_cmd(
     if beta <= 0 or not 0 <= min_margin <= 1:
         raise InputError("--beta must be > 0 and --min-margin in [0, 1]")
     settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume)
+    relaunch_under_accelerate(accelerate_config)
     result = train_dpo(data, settings, beta, min_margin)
     typer.echo(json.dumps(result))
     typer.echo(f"model: {out}\nmetrics: {out / 'metrics.jsonl'}")
@@ -174,6 +224,7 @@ def _rl_command(algo: str):
         seed: SeedOpt = 0,
         lora: LoraOpt = False,
         resume: ResumeOpt = False,
+        accelerate_config: AccelerateOpt = None,
     ) -> None:
         from .train.rl import train_rl
 
@@ -185,6 +236,7 @@ def _rl_command(algo: str):
         settings = _train_settings(
             model, out, lr, epochs, max_steps, batch_size, seed, lora, resume
         )
+        relaunch_under_accelerate(accelerate_config)
         result = train_rl(
             algo,
             prompts,

@@ -182,6 +182,19 @@ def _substitute(opts, outs, problems, file, where: Locator, loc) -> dict[str, An
     return {k: one(k, v) for k, v in opts.items()}
 
 
+def stage_argv(stage: str, options: dict[str, Any]) -> list[str]:
+    """The ``cai`` command line equivalent to running ``stage`` with ``options``."""
+    group = "generate" if stage in ("critiques", "preferences") else "train"
+    args = [group, stage]
+    for k, v in options.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args += [flag] if v else []
+        elif v is not None:
+            args += [flag, str(v)]
+    return args
+
+
 def run_pipeline(pipeline: dict[str, Any], echo) -> list[tuple[str, str]]:
     """Run every stage not already done with the same options; returns (stage, status) pairs."""
     table = commands()
@@ -194,6 +207,9 @@ def run_pipeline(pipeline: dict[str, Any], echo) -> list[tuple[str, str]]:
             report.append((name, "skipped"))
             continue
         echo(f"[{name}] cai {stage} -> {out}")
+        from . import cli
+
+        cli.ARGV = stage_argv(stage, options)  # what --accelerate-config relaunches
         table[stage](**options)
         write_atomic(marker, json.dumps({"stage": stage, "options": digest}) + "\n")
         report.append((name, "ran"))

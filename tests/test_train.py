@@ -244,3 +244,44 @@ def test_train_resume_continues_from_the_last_checkpoint(cli, tiny_model, tmp_pa
     assert code == 0, err
     steps = [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m]
     assert steps == [1, 2, 3, 4]  # steps 1-2 are not trained again
+
+
+def test_accelerate_config_relaunches_the_same_command(cli, tiny_model, tmp_path):
+    config = tmp_path / "accelerate.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\n"
+        "num_processes: 1\nnum_machines: 1\nmachine_rank: 0\n"
+        "mixed_precision: 'no'\nuse_cpu: true\n"
+    )
+    out = tmp_path / "sft"
+    code, _, err = cli(
+        "train",
+        "sft",
+        "--data",
+        sft_rows(tmp_path / "sft.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--accelerate-config",
+        config,
+    )
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file()  # written by the relaunched process
+    code, _, err = cli(
+        "train",
+        "sft",
+        "--data",
+        sft_rows(tmp_path / "s2.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        tmp_path / "o2",
+        "--accelerate-config",
+        tmp_path / "missing.yaml",
+    )
+    assert code == 2 and "accelerate config file not found" in err
