@@ -216,6 +216,9 @@ def _rl_command(algo: str):
             float, typer.Option(help="warn when mean length grows past this factor")
         ] = 2.0,
         kl_bound: Annotated[float, typer.Option(help="warn when KL passes this")] = 1.0,
+        watch_refusals: Annotated[
+            bool, typer.Option(help="log the share of refusals, as the judge reads them")
+        ] = True,
         limit: Annotated[Optional[int], typer.Option(help="only the first N prompts")] = None,
         lr: LrOpt = 1e-6,
         epochs: EpochsOpt = 1.0,
@@ -250,6 +253,7 @@ def _rl_command(algo: str):
             limit=limit,
             length_factor=length_factor,
             kl_bound=kl_bound,
+            watch_refusals=watch_refusals,
         )
         for w in result["warnings"]:
             _err(f"warning: {w}")

@@ -101,6 +101,7 @@ def test_policy_training_with_a_reward_model(cli, tiny_model, reward_model, tmp_
     monitor = [r for r in read_jsonl(out / "metrics.jsonl") if "monitor" in r]
     assert len(monitor) == 2
     assert all(r["monitor"]["kl"] is not None and r["monitor"]["mean_length"] <= 8 for r in monitor)
+    assert all(r["monitor"]["refusal_share"] in (0.0, 0.5, 1.0) for r in monitor)  # 2 completions
 
 
 def test_grpo_with_the_constitution_as_reward(cli, tiny_model, tmp_path):

@@ -79,6 +79,29 @@ class ConstitutionReward:
         return [sum(v) / len(v) if v else 0.5 for v in (wins[i] for i in range(len(completions)))]
 
 
+class RefusalShare:
+    """1.0 for a completion the judge reads as a refusal, else 0.0. Trained with weight 0, so it
+    changes nothing; TRL logs its mean (``rewards/refusal/mean``), the share of refusals."""
+
+    __name__ = "refusal"
+
+    def __init__(self, judge):
+        self.judge = judge
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        from ..stages.preferences import conversation_text
+        from ..templates import render
+
+        texts = []
+        for prompt, completion in zip(prompts, completions):
+            chat = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            turn = render("refusal", conversation=conversation_text(chat), reply=_text(completion))
+            texts.append(
+                self.judge.render([{"role": "user", "content": turn}]) + render("compare_answer")
+            )
+        return [1.0 if a > b else 0.0 for a, b in self.judge.choice_logprobs(texts, ["A", "B"])]
+
+
 class RewardModelReward:
     """Scalar score of a reward model trained by ``cai train rm``."""
 
@@ -136,7 +159,12 @@ class Monitor(TrainerCallback):
             found.append(f"KL to the reference {kl:.3f} is over {self.kl_bound}")
         row = {
             "step": state.global_step,
-            "monitor": {"reward": reward, "kl": kl, "mean_length": length},
+            "monitor": {
+                "reward": reward,
+                "kl": kl,
+                "mean_length": length,
+                "refusal_share": logs.get("rewards/refusal/mean"),
+            },
             "warnings": found,
         }
         self.warnings += [f"step {state.global_step}: {w}" for w in found]
@@ -144,19 +172,17 @@ class Monitor(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
-def make_reward(spec: str, judge_model: str, ensemble: int, seed: int):
+def make_reward(spec: str, judge, ensemble: int, seed: int):
+    """The reward for ``rm:DIR`` or ``constitution:FILE``; ``judge()`` gives the judge backend."""
     kind, _, target = spec.partition(":")
     if kind == "rm" and target:
         if not (Path(target) / "config.json").is_file():
             raise InputError(f"--reward {spec}: {target} is not a model folder")
         return RewardModelReward(target)
     if kind == "constitution" and target:
-        from ..backends import make_backend
         from ..constitution import load_constitution
 
-        return ConstitutionReward(
-            load_constitution(target), make_backend("hf", judge_model), ensemble, seed
-        )
+        return ConstitutionReward(load_constitution(target), judge(), ensemble, seed)
     raise InputError(f"--reward {spec!r}: use rm:DIR or constitution:FILE")
 
 
@@ -174,6 +200,7 @@ def train_rl(
     limit: int | None = None,
     length_factor: float = 2.0,
     kl_bound: float = 1.0,
+    watch_refusals: bool = True,
 ) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -192,7 +219,16 @@ def train_rl(
         from trl.experimental.online_dpo import OnlineDPOTrainer as Trainer
     else:
         raise InputError(f"unknown algorithm {algo!r}")
-    reward = make_reward(reward_spec, judge, ensemble, settings.seed)
+    from functools import cache
+
+    from ..backends import make_backend
+
+    judge_backend = cache(lambda: make_backend("hf", judge))  # loaded once, only if needed
+    reward = make_reward(reward_spec, judge_backend, ensemble, settings.seed)
+    funcs, weights = [reward], [1.0]
+    if watch_refusals and algo != "online-dpo":  # online DPO does not log per-function rewards
+        funcs.append(RefusalShare(judge_backend()))
+        weights.append(0.0)
     items = load_prompts(prompts_spec, limit)
     train = Dataset.from_list([{"prompt": it.chat} for it in items])
     path = resolve_model(settings.model).path
@@ -211,11 +247,12 @@ def train_rl(
             beta=beta,
             num_generations=generations,
             max_completion_length=max_completion_length,
+            reward_weights=weights,
         )
     monitor = Monitor(settings.out / "metrics.jsonl", length_factor, kl_bound)
     trainer = Trainer(
         model=model,
-        reward_funcs=[reward],
+        reward_funcs=funcs,
         args=args,
         train_dataset=train,
         processing_class=tok,
