@@ -83,3 +83,24 @@ def test_quickstart_runs_end_to_end_then_resumes(cli, tiny_model, tmp_path):
 def test_bad_overrides(cli, bad, fragment):
     code, _, err = cli("run", ROOT / "pipelines" / "quickstart.yaml", "--set", bad)
     assert code == 2 and fragment in err
+
+
+def test_dpo_pipeline_runs_on_tiny_models(cli, tiny_model, tmp_path):
+    out = tmp_path / "dpo"
+    sets = [
+        f"out={out}",
+        f"defaults.model={tiny_model}",
+        f"preferences.feedback={tiny_model}",
+        "critiques.limit=3",
+        "critiques.max_new_tokens=6",
+        "dpo.max_steps=1",
+        "dpo.min_margin=0.0",
+        "preferences.ensemble=1",
+    ]
+    args = ["run", ROOT / "pipelines" / "dpo.yaml"]
+    for s in sets:
+        args += ["--set", s]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert "critiques ran, preferences ran, dpo ran" in stdout
+    assert (out / "dpo" / "model.safetensors").is_file()

@@ -145,6 +145,10 @@ def test_train_rm_on_soft_labels(cli, tiny_model, tmp_path):
     assert result["heldout_pairs"] >= 1 and 0 <= result["heldout_accuracy"] <= 1
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_labels == 1
+    torch.manual_seed(0)  # the score head starts random: compare the shared body's weights
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).state_dict()
+    after = model.state_dict()
+    assert any(not torch.equal(base[k], after[k]) for k in base if not k.startswith("score"))
     assert any("loss" in m for m in read_jsonl(out / "metrics.jsonl"))
 
 
@@ -285,3 +289,31 @@ def test_accelerate_config_relaunches_the_same_command(cli, tiny_model, tmp_path
         tmp_path / "missing.yaml",
     )
     assert code == 2 and "accelerate config file not found" in err
+
+
+def test_train_sft_with_lora_saves_an_adapter(cli, tiny_model, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    out = tmp_path / "lora"
+    code, _, err = cli(
+        "train",
+        "sft",
+        "--data",
+        sft_rows(tmp_path / "sft.jsonl"),
+        "--model",
+        tiny_model,
+        "--out",
+        out,
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+        "--lora",
+    )
+    assert code == 0, err
+    assert (out / "adapter_model.safetensors").is_file()
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    lora = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert lora and any(v.abs().sum() > 0 for v in lora.values())  # B starts at zero
