@@ -82,6 +82,22 @@ def peft_config(lora: bool):
     )
 
 
+def load_for_training(settings: TrainSettings, model_class=None, **kwargs):
+    """Tokenizer and model of ``settings.model`` (any name cai resolves); creates ``settings.out``.
+
+    ``model_class`` defaults to ``AutoModelForCausalLM``; ``kwargs`` go to its ``from_pretrained``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..models import resolve_model
+
+    path = resolve_model(settings.model).path
+    tok = AutoTokenizer.from_pretrained(path)
+    model = (model_class or AutoModelForCausalLM).from_pretrained(path, **kwargs)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    return tok, model
+
+
 def fit(trainer, tok, settings: TrainSettings):
     """Train (from the last checkpoint with ``--resume``), then save model and tokenizer to OUT."""
     result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))

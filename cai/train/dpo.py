@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_rows, peft_config
+from . import JsonlMetrics, TrainSettings, fit, load_for_training, load_rows, peft_config
 
 
 def soft_label_passes(rows: list[dict[str, Any]], epochs: int, seed: int) -> list[dict[str, Any]]:
@@ -37,12 +37,8 @@ def train_dpo(
     data: Path, settings: TrainSettings, beta: float = 0.1, min_margin: float = 0.0
 ) -> dict[str, Any]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from ..models import resolve_model
-
-    path = resolve_model(settings.model).path
     ds = load_rows(data)
     if not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
         raise InputError(
@@ -53,9 +49,7 @@ def train_dpo(
         raise InputError(f"{data}: no pairs left with margin >= {min_margin}")
     passes = max(1, math.ceil(settings.epochs))
     train = Dataset.from_list(soft_label_passes(rows, passes, settings.seed))
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    settings.out.mkdir(parents=True, exist_ok=True)
+    tok, model = load_for_training(settings)
     args = DPOConfig(
         **{**settings.trl_args(), "num_train_epochs": settings.epochs / passes}, beta=beta
     )

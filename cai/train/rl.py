@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, peft_config
+from . import JsonlMetrics, TrainSettings, fit, load_for_training, peft_config
 
 
 def _text(completion) -> str:
@@ -203,10 +203,8 @@ def train_rl(
     watch_refusals: bool = True,
 ) -> dict[str, Any]:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..inputs import load_prompts
-    from ..models import resolve_model
 
     if algo == "grpo":
         from trl import GRPOConfig as Config
@@ -231,10 +229,7 @@ def train_rl(
         weights.append(0.0)
     items = load_prompts(prompts_spec, limit)
     train = Dataset.from_list([{"prompt": it.chat} for it in items])
-    path = resolve_model(settings.model).path
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    settings.out.mkdir(parents=True, exist_ok=True)
+    tok, model = load_for_training(settings)
     base = settings.trl_args()
     base["per_device_train_batch_size"] = max(
         generations, base["per_device_train_batch_size"] // generations * generations

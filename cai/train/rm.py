@@ -22,7 +22,7 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_rows
+from . import JsonlMetrics, TrainSettings, fit, load_for_training, load_rows
 
 
 def soft_preference_loss(
@@ -59,13 +59,11 @@ class SoftRewardTrainer(RewardTrainer):
 
 
 def train_rm(data: Path, settings: TrainSettings, eval_share: float = 0.1) -> dict[str, Any]:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig
 
-    from ..models import resolve_model
     from ..stages.evaluate import ece
 
-    path = resolve_model(settings.model).path
     ds = load_rows(data)
     need = {"prompt", "chosen", "rejected", "p_chosen"}
     if not need <= set(ds.column_names) or len(ds) < 2:
@@ -74,10 +72,8 @@ def train_rm(data: Path, settings: TrainSettings, eval_share: float = 0.1) -> di
         )
     ds = ds.select_columns(sorted(need))
     split = ds.train_test_split(test_size=max(1, int(len(ds) * eval_share)), seed=settings.seed)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    tok, model = load_for_training(settings, AutoModelForSequenceClassification, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    settings.out.mkdir(parents=True, exist_ok=True)
     args = RewardConfig(**settings.trl_args())
     trainer = SoftRewardTrainer(
         model=model,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_rows, peft_config
+from . import JsonlMetrics, TrainSettings, fit, load_for_training, load_rows, peft_config
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
@@ -21,12 +21,8 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_sft(data: Path, settings: TrainSettings) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ..models import resolve_model
-
-    path = resolve_model(settings.model).path
     ds = load_rows(data)
     if "messages" not in ds.column_names or len(ds) == 0:
         raise InputError(f"{data}: expected rows with a `messages` column (cai's sft.jsonl)")
@@ -36,9 +32,7 @@ def train_sft(data: Path, settings: TrainSettings) -> dict[str, Any]:
     if bad:
         raise InputError(f"{data}:{bad[0] + 1}: messages must end with the assistant's turn")
     ds = ds.map(to_prompt_completion, remove_columns=ds.column_names)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    settings.out.mkdir(parents=True, exist_ok=True)
+    tok, model = load_for_training(settings)
     args = SFTConfig(**settings.trl_args(), completion_only_loss=True)
     trainer = SFTTrainer(
         model=model,
