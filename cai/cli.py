@@ -55,6 +55,8 @@ def _root(
 
 ARGV: list[str] = []  # this invocation's arguments, for relaunching under accelerate
 
+ModelOpt = Annotated[str, typer.Option(help="default | a model folder | a .gguf file | org/name")]
+PromptsOpt = Annotated[str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red-team | helpful")]
 ConstitutionOpt = Annotated[
     str, typer.Option(help="constitution YAML, or a shipped name: harmless, helpful-harmless, ...")
 ]

@@ -9,19 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ConstitutionOpt, _err, _Progress, _versions, generate_app
+from .cli import ConstitutionOpt, ModelOpt, PromptsOpt, _err, _Progress, _versions, generate_app
 from .errors import InputError
 
 
 @generate_app.command("critiques")
 def generate_critiques(
     constitution: ConstitutionOpt = "harmless",
-    prompts: Annotated[
-        str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red-team | helpful")
-    ] = "red-team",
-    model: Annotated[
-        str, typer.Option(help="default | a model folder | a .gguf file | org/name")
-    ] = "default",
+    prompts: PromptsOpt = "red-team",
+    model: ModelOpt = "default",
     rounds: Annotated[int, typer.Option(help="critique-revision rounds per prompt")] = 2,
     max_new_tokens: Annotated[int, typer.Option(help="tokens per generated text at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 for greedy decoding")] = 0.0,
@@ -170,7 +166,7 @@ def _clamp(text: str | None) -> tuple[float, float] | None:
 @generate_app.command("preferences")
 def generate_preferences(
     constitution: ConstitutionOpt = "harmless",
-    prompts: Annotated[str, typer.Option(help="prompts file or shipped set")] = "red-team",
+    prompts: PromptsOpt = "red-team",
     pairs: Annotated[
         Optional[str], typer.Option(help="label these pairs (JSONL) instead of sampling")
     ] = None,
@@ -223,6 +219,7 @@ def generate_preferences(
     else:
         items = load_prompts(prompts, limit)
     judge = resolve_model(feedback)
+    policy_model = None if pairs else resolve_model(policy)
     settings = LabelSettings(
         feedback=judge.label,
         ensemble=ensemble,
@@ -238,7 +235,7 @@ def generate_preferences(
         "stage": "preferences",
         **settings.as_dict(),
         "constitution_hash": cons.hash,
-        "policy": None if pairs else resolve_model(policy).label,
+        "policy": None if pairs else policy_model.label,
         "samples": None if pairs else samples,
         "sampling": None if pairs else sampling.as_dict(),
     }
@@ -258,7 +255,7 @@ def generate_preferences(
         run.write_manifest(manifest)
         try:
             if pairs is None:
-                same = resolve_model(policy).path == judge.path
+                same = policy_model.path == judge.path
                 policy_engine = (
                     judge_engine if same else make_backend(chosen_backend, policy, **options)
                 )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ConstitutionOpt, _err, data_app, eval_app, train_app
+from .cli import ConstitutionOpt, ModelOpt, PromptsOpt, _err, data_app, eval_app, train_app
 from .errors import InputError
 
 
@@ -116,7 +116,6 @@ def _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, r
     )
 
 
-ModelOpt = Annotated[str, typer.Option(help="default | a model folder | a .gguf file | org/name")]
 LrOpt = Annotated[float, typer.Option(help="learning rate")]
 EpochsOpt = Annotated[float, typer.Option(help="epochs over the data")]
 StepsOpt = Annotated[int, typer.Option(help="stop after N optimizer steps (-1: epochs decide)")]
@@ -203,7 +202,7 @@ def train_dpo_cmd(
 
 def _rl_command(algo: str):
     def command(
-        prompts: Annotated[str, typer.Option(help="prompts file or shipped set")],
+        prompts: PromptsOpt,
         reward: Annotated[str, typer.Option(help="rm:DIR (a reward model) or constitution:FILE")],
         out: Annotated[Path, typer.Option(help="where the trained policy goes")],
         model: ModelOpt = "default",

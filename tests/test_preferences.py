@@ -214,5 +214,5 @@ def test_splits_cleanly_detects_merged_option_tokens(tiny_model):
     from cai.backends import make_backend
 
     backend = make_backend("hf", tiny_model)
-    assert backend.splits_cleanly("The answer is: (", "A")
-    assert not backend.splits_cleanly("The answer is: (xy", "z")  # "xyz" is one token
+    assert backend.splits_cleanly("The answer is: (", ["A", "B"])
+    assert not backend.splits_cleanly("The answer is: (xy", ["z"])  # "xyz" is one token

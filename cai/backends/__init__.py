@@ -61,8 +61,8 @@ class Backend(Protocol):
         self, prompts: Sequence[Chat | str], choices: Sequence[str]
     ) -> list[list[float]]: ...
 
-    def splits_cleanly(self, text: str, choice: str) -> bool:
-        """Whether ``text + choice`` tokenizes as ``text`` followed by ``choice``."""
+    def splits_cleanly(self, text: str, choices: Sequence[str]) -> bool:
+        """Whether every ``text + choice`` tokenizes as ``text`` followed by ``choice``."""
         ...
 
     def render(self, chat: Chat) -> str:

@@ -91,10 +91,11 @@ class HFBackend:
     def render(self, chat: Chat) -> str:
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
 
-    def splits_cleanly(self, text: str, choice: str) -> bool:
-        """Whether ``text + choice`` tokenizes as ``text`` then ``choice`` (no merge across)."""
+    def splits_cleanly(self, text: str, choices: Sequence[str]) -> bool:
+        """Whether every ``text + choice`` tokenizes as ``text`` then ``choice`` (no merge)."""
         enc = lambda t: self.tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-        return enc(text + choice) == enc(text) + enc(choice)
+        base = enc(text)
+        return all(enc(text + c) == base + enc(c) for c in choices)
 
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]

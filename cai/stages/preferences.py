@@ -233,7 +233,7 @@ def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings,
     else:
         prompts = [feedback.render(c) + render("compare_answer") for c in chats]
     logprobs = feedback.choice_logprobs(prompts, ["A", "B"])
-    odd = {i for i, t in enumerate(prompts) if not all(feedback.splits_cleanly(t, c) for c in "AB")}
+    odd = {i for i, t in enumerate(prompts) if not feedback.splits_cleanly(t, ["A", "B"])}
     records = []
     for i, ((jk, pair, p, order), lp, why) in enumerate(zip(jobs, logprobs, reasoning)):
         p_a, p_first = _p_first(lp, order, settings.clamp)
