@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cai.backends import Sampling, make_backend
@@ -86,3 +88,49 @@ def check(backend, prompts, choices, got):
                 logp = torch.log_softmax(backend.model(input_ids=ids).logits[0].float(), -1)
             want = sum(logp[len(base) - 1 + k, t].item() for k, t in enumerate(target))
             assert value == pytest.approx(want, abs=1e-3)
+
+
+def test_bf16_matches_fp32_greedily_within_tolerance(tiny_model):
+    """Teacher-force fp32's greedy text through both: bf16 picks the same next token wherever
+    fp32's top two are not a near-tie, and its probabilities differ by bf16 rounding only.
+
+    The tiny model's logits span ~18 and bf16 moves them by up to ~1, so log-probs of unlikely
+    tokens move too; probabilities (what labels are made of) move by well under 0.02.
+    """
+    import torch
+
+    fp32 = make_backend("hf", tiny_model, dtype="float32", max_batch_size=4)
+    bf16 = make_backend("hf", tiny_model, dtype="bfloat16", max_batch_size=4)
+    assert bf16.model.dtype == torch.bfloat16 and fp32.model.dtype == torch.float32
+    outs = fp32.generate(chats(6), Sampling(max_new_tokens=16))
+    steps = ties = 0
+    for chat, out in zip(chats(6), outs):
+        ids = torch.tensor([fp32._encode([fp32.render(chat) + out[0].text])[0]])
+        with torch.inference_mode():
+            l32 = torch.log_softmax(fp32.model(input_ids=ids).logits[0, -17:].float(), -1)
+            l16 = torch.log_softmax(bf16.model(input_ids=ids).logits[0, -17:].float(), -1)
+        top2 = l32.topk(2, dim=-1).values
+        margin = top2[:, 0] - top2[:, 1]
+        differ = l32.argmax(-1) != l16.argmax(-1)
+        steps += len(margin)
+        ties += int(differ.sum())
+        assert bool((margin[differ] < 0.25).all()), margin[differ]  # only near-ties flip
+        picked = l32.argmax(-1, keepdim=True)
+        gap = (l32.gather(-1, picked).exp() - l16.gather(-1, picked).exp()).abs().max()
+        assert float(gap) < 0.02, float(gap)
+    assert ties <= steps // 4  # and those are rare
+    # option probabilities, normalised over the options as labels are: P(A) within 0.02
+    prompts = [fp32.render(c) for c in chats(6)]
+    p32 = [math.exp(a) / (math.exp(a) + math.exp(b)) for a, b in fp32.choice_logprobs(prompts, "AB")]
+    p16 = [math.exp(a) / (math.exp(a) + math.exp(b)) for a, b in bf16.choice_logprobs(prompts, "AB")]
+    assert max(abs(x - y) for x, y in zip(p32, p16)) < 0.02, (p32, p16)
+
+
+def test_dtype_auto_and_bad_dtype(tiny_model):
+    from cai.backends.hf import cpu_has_bf16
+    from cai.errors import InputError
+
+    auto = make_backend("hf", tiny_model)
+    assert auto.dtype == ("bfloat16" if cpu_has_bf16() else "float32")
+    with pytest.raises(InputError, match="unknown dtype 'float8'"):
+        make_backend("hf", tiny_model, dtype="float8")

@@ -35,6 +35,32 @@ def keep_freed_memory() -> None:
         pass
 
 
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` is bfloat16 where the CPU computes it natively, else float32.
+
+    Without native support torch emulates bf16 matmuls and they are slower than fp32. Greedy
+    parity with fp32 is checked in tests/test_hf_backend.py and reported by ``make bench``.
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
 class HFBackend:
     name = "hf"
 
@@ -42,7 +68,7 @@ class HFBackend:
         self,
         model: ResolvedModel,
         *,
-        dtype: str = "float32",
+        dtype: str = "auto",
         max_batch_size: int = 32,
         token_budget: int = 32768,
         chunk_size: int = 64,
@@ -66,10 +92,11 @@ class HFBackend:
         self.min_prefix = min_prefix
         self._prefix: tuple[tuple[int, ...], object] | None = None
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
+        self.dtype = resolve_dtype(dtype)
         try:
             self.tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=False)
             self.model = AutoModelForCausalLM.from_pretrained(
-                model.path, dtype=getattr(torch, dtype), trust_remote_code=False
+                model.path, dtype=getattr(torch, self.dtype), trust_remote_code=False
             )
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
