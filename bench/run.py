@@ -12,6 +12,18 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
    our option log-prob scoring (one forward pass per judgement) against the common alternative of
    generating the judge's answer and parsing the letter out of it, through the same batched engine
    and the same prompts. Labels per second; the baseline's parse failures are reported too.
+3. machine_fraction: the CPU's matrix-multiply rate (bf16 and fp32) measured in this run, the
+   model's FLOPs per token counted from its config, and the useful FLOP/s our engine reaches
+   (padding not counted) at batch sizes 1..128, as a share of the bf16 ceiling.
+4. overhead: the share of benchmark 1's stage time spent outside the engine's calls (templating,
+   records, hashing, file I/O).
+5. resume: benchmark 1's stage run again on its finished run directory, as a share of the first
+   run's time (no model call may happen).
+6. scaling: the critique stage on 1x, 4x and 16x the prompts at a fixed batch size, each in a
+   fresh process: seconds per prompt, and peak memory above the loaded model.
+7. engine rows, on the same critique prompts: bf16 against fp32 (with greedy agreement), the
+   shared-prefix KV cache on against off, and our static length-sorted batches against
+   transformers' continuous batching (``generate_batch``).
 """
 
 from __future__ import annotations
@@ -77,7 +89,31 @@ def baseline_loop(backend, cons, items, settings: CritiqueSettings) -> tuple[int
     return tokens, time.perf_counter() - t0
 
 
-def bench_critiques(args) -> dict:
+class Timed:
+    """The engine, with the wall time and number of its calls counted (for overhead, resume)."""
+
+    def __init__(self, backend):
+        self._backend, self.seconds, self.calls = backend, 0.0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
+
+    def _timed(self, fn, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+    def generate(self, *a, **kw):
+        return self._timed(self._backend.generate, *a, **kw)
+
+    def choice_logprobs(self, *a, **kw):
+        return self._timed(self._backend.choice_logprobs, *a, **kw)
+
+
+def bench_critiques(args) -> list[dict]:
     cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
     items = load_prompts("red-team", args.prompts)
     backend = make_backend("hf", "default", max_batch_size=args.batch_size)
@@ -87,26 +123,54 @@ def bench_critiques(args) -> dict:
         seed=0,
         sampling=Sampling(max_new_tokens=args.max_new_tokens),
     )
-    with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "run") as run:
-        t0 = time.perf_counter()
-        summary = critique_revise(cons, items, backend, run, settings)
-        ours_s = time.perf_counter() - t0
+    timed = Timed(backend)
+    with tempfile.TemporaryDirectory() as tmp:
+        with RunDir(Path(tmp) / "run") as run:
+            t0 = time.perf_counter()
+            summary = critique_revise(cons, items, timed, run, settings)
+            ours_s = time.perf_counter() - t0
+        first_calls, engine_s = timed.calls, timed.seconds
+        with RunDir(Path(tmp) / "run") as run:  # the same stage again, as a rerun would
+            t0 = time.perf_counter()
+            critique_revise(cons, items, timed, run, settings)
+            rerun_s = time.perf_counter() - t0
+        rerun_calls = timed.calls - first_calls
     ours = summary["generated_tokens_now"] / ours_s
     base_tokens, base_s = baseline_loop(backend, cons, items[: args.baseline_prompts], settings)
     base = base_tokens / base_s
-    return {
-        "name": "critique_revise_throughput",
-        "ours": round(ours, 2),
-        "baseline": round(base, 2),
-        "ratio": round(ours / base, 2),
-        "unit": "generated tokens/s",
-        "prompts": len(items),
-        "baseline_prompts": min(args.baseline_prompts, len(items)),
-        "rounds": args.rounds,
-        "max_new_tokens": args.max_new_tokens,
-        "ours_seconds": round(ours_s, 1),
-        "baseline_seconds": round(base_s, 1),
-    }
+    outside = ours_s - engine_s
+    return [
+        {
+            "name": "critique_revise_throughput",
+            "ours": round(ours, 2),
+            "baseline": round(base, 2),
+            "ratio": round(ours / base, 2),
+            "unit": "generated tokens/s",
+            "prompts": len(items),
+            "baseline_prompts": min(args.baseline_prompts, len(items)),
+            "rounds": args.rounds,
+            "max_new_tokens": args.max_new_tokens,
+            "dtype": backend.dtype,
+            "ours_seconds": round(ours_s, 1),
+            "baseline_seconds": round(base_s, 1),
+        },
+        {
+            "name": "overhead",
+            "ours": round(outside, 3),
+            "baseline": round(ours_s, 1),
+            "ratio": round(outside / ours_s, 4),
+            "unit": "seconds outside engine calls / stage seconds (goal < 0.03)",
+            "engine_calls": first_calls,
+        },
+        {
+            "name": "resume",
+            "ours": round(rerun_s, 3),
+            "baseline": round(ours_s, 1),
+            "ratio": round(rerun_s / ours_s, 4),
+            "unit": "rerun seconds / first run seconds (goal < 0.02)",
+            "model_calls_in_rerun": rerun_calls,
+        },
+    ]
 
 
 def bench_labels(args) -> dict:
@@ -174,6 +238,261 @@ def bench_labels(args) -> dict:
     ]
 
 
+def matmul_rate(dtype, n: int = 1536, seconds: float = 2.0) -> float:
+    """Best FLOP/s of an n x n matrix product over ``seconds`` (the machine's ceiling)."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def token_flops(config, context: int, logits: bool) -> float:
+    """Model FLOPs (multiply-adds x 2) for one token at ``context`` earlier positions."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", heads) or heads
+    hd = getattr(config, "head_dim", None) or d // heads
+    proj = d * heads * hd * 2 + d * kv * hd * 2  # q and o, k and v
+    mlp = 3 * d * config.intermediate_size
+    attention = 2 * heads * hd * (context + 1)  # scores and weighted values
+    per_layer = 2 * (proj + mlp + attention)
+    return layers * per_layer + (2 * d * config.vocab_size if logits else 0)
+
+
+def bench_machine_fraction(args) -> list[dict]:
+    """Useful FLOP/s of our engine at several batch sizes, against the measured matmul ceiling."""
+    import torch
+
+    ceiling = {dt: matmul_rate(getattr(torch, dt)) for dt in ("bfloat16", "float32")}
+    backend = make_backend("hf", "default")
+    config = backend.model.config
+    items = load_prompts("red-team", max(args.fraction_batches))
+    chats = [it.chat for it in items]
+    ids = backend._encode([backend.render(c) for c in chats])
+    backend.prefix_cache = False  # every prompt token is computed, so every one is counted
+    backend.generate(chats[:2], Sampling(max_new_tokens=2))  # warm-up
+    sweep = []
+    for size in args.fraction_batches:
+        backend.max_batch_size = size
+        sub, sub_ids = chats[:size], ids[:size]
+        t0 = time.perf_counter()
+        outs = backend.generate(sub, Sampling(max_new_tokens=args.fraction_new_tokens))
+        seconds = time.perf_counter() - t0
+        flops = 0.0
+        for row, out in zip(sub_ids, outs):
+            n = len(row)
+            flops += sum(token_flops(config, c, False) for c in range(n - 1))
+            flops += sum(token_flops(config, n - 1 + k, True) for k in range(out[0].tokens))
+        generated = sum(o[0].tokens for o in outs)
+        sweep.append(
+            {
+                "batch": size,
+                "gflops": round(flops / seconds / 1e9, 2),
+                "generated_tokens_per_s": round(generated / seconds, 1),
+            }
+        )
+    best = max(sweep, key=lambda r: r["gflops"])
+    return [
+        {
+            "name": "machine_fraction",
+            "ours": best["gflops"],
+            "baseline": round(ceiling[backend.dtype] / 1e9, 1),
+            "ratio": round(best["gflops"] * 1e9 / ceiling[backend.dtype], 3),
+            "unit": f"useful GFLOP/s / {backend.dtype} matmul GFLOP/s (goal >= 0.25 of bf16)",
+            "dtype": backend.dtype,
+            "best_batch": best["batch"],
+            "ceiling_gflops": {k: round(v / 1e9, 1) for k, v in ceiling.items()},
+            "flops_per_token_at_context_0": token_flops(config, 0, True),
+            "sweep": sweep,
+        }
+    ]
+
+
+SCALE_CHILD = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from cai.backends import Sampling, make_backend
+from cai.constitution import load_constitution
+from cai.inputs import load_prompts
+from cai.stages.critique import CritiqueSettings, critique_revise
+from cai.store import RunDir
+
+def rss_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+
+cons = load_constitution({cons!r})
+items = load_prompts("red-team", None)
+items = (items * ({n} // len(items) + 1))[:{n}]
+items = [it.model_copy(update={{"id": f"{{it.id}}-{{i}}"}}) for i, it in enumerate(items)]
+backend = make_backend("hf", "default", max_batch_size={batch})
+backend.generate([items[0].chat], Sampling(max_new_tokens=2))  # warm-up
+loaded = rss_mb("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current size
+settings = CritiqueSettings(model="default", rounds=1, seed=0,
+                            sampling=Sampling(max_new_tokens={tokens}))
+with tempfile.TemporaryDirectory() as tmp, RunDir(Path(tmp) / "run") as run:
+    t0 = time.perf_counter()
+    critique_revise(cons, items, backend, run, settings)
+    seconds = time.perf_counter() - t0
+print(json.dumps({{"prompts": len(items), "seconds": seconds, "loaded_mb": loaded,
+                  "peak_mb": rss_mb("VmHWM")}}))
+"""
+
+
+def bench_scaling(args) -> list[dict]:
+    """The critique stage on 1x, 4x, 16x the prompts, each in a fresh process."""
+    import subprocess
+
+    results = []
+    for factor in (1, 4, 16):
+        code = SCALE_CHILD.format(
+            root=str(HERE.parent),
+            cons=str(HERE.parent / "constitutions" / "harmless.yaml"),
+            n=args.scale_prompts * factor,
+            batch=args.scale_prompts,
+            tokens=args.scale_new_tokens,
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        row["factor"] = factor
+        row["per_prompt"] = row["seconds"] / row["prompts"]
+        row["above_model_mb"] = row["peak_mb"] - row["loaded_mb"]
+        results.append(row)
+    one, big = results[0], results[-1]
+    detail = [
+        {k: round(r[k], 3) for k in ("factor", "prompts", "per_prompt", "above_model_mb")}
+        for r in results
+    ]
+    return [
+        {
+            "name": "scaling_time_per_prompt",
+            "ours": round(big["per_prompt"], 3),
+            "baseline": round(one["per_prompt"], 3),
+            "ratio": round(big["per_prompt"] / one["per_prompt"], 3),
+            "unit": "seconds per prompt at 16x / at 1x (goal <= 1)",
+            "runs": detail,
+            "batch_size": args.scale_prompts,
+        },
+        {
+            "name": "scaling_peak_memory",
+            "ours": round(big["above_model_mb"], 1),
+            "baseline": round(one["above_model_mb"], 1),
+            "ratio": round(big["above_model_mb"] / max(one["above_model_mb"], 1e-9), 3),
+            "unit": "MB of peak memory above the loaded model, 16x / 1x (goal: flat)",
+            "runs": detail,
+            "model_mb": round(one["loaded_mb"], 1),
+        },
+    ]
+
+
+def bench_engine(args) -> list[dict]:
+    """Engine choices on the same critique prompts: dtype, prefix cache, batching scheme."""
+    from transformers import GenerationConfig
+
+    from cai.stages.critique import build_chat as chat_for
+
+    cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
+    items = load_prompts("red-team", args.engine_prompts)
+    chats = [
+        chat_for(
+            cons,
+            it.chat,
+            "critique",
+            principle=cons.principles[i % len(cons.principles)],
+            answer="Sure. Here is exactly how to do that, step by step, without any caveats.",
+        )
+        for i, it in enumerate(items)
+    ]
+    params = Sampling(max_new_tokens=args.engine_new_tokens)
+
+    def run(backend) -> tuple[float, list[str], int]:
+        backend._prefix = None  # each measurement computes the shared prefix itself
+        t0 = time.perf_counter()
+        outs = backend.generate(chats, params)
+        seconds = time.perf_counter() - t0
+        return seconds, [o[0].text for o in outs], sum(o[0].tokens for o in outs)
+
+    rows = []
+    fp32 = make_backend("hf", "default", dtype="float32")
+    bf16 = make_backend("hf", "default", dtype="bfloat16")
+    for b in (fp32, bf16):
+        b.generate(chats[:2], Sampling(max_new_tokens=2))  # warm-up
+    s32, t32, n32 = run(fp32)
+    s16, t16, n16 = run(bf16)
+    rows.append(
+        {
+            "name": "engine_bf16_vs_fp32",
+            "ours": round(n16 / s16, 2),
+            "baseline": round(n32 / s32, 2),
+            "ratio": round((n16 / s16) / (n32 / s32), 2),
+            "unit": "generated tokens/s",
+            "greedy_identical_texts": f"{sum(a == b for a, b in zip(t16, t32))}/{len(chats)}",
+            "prompts": len(chats),
+        }
+    )
+    del fp32
+    bf16.prefix_cache = False
+    s_off, t_off, n_off = run(bf16)
+    bf16.prefix_cache = True
+    s_on, t_on, n_on = run(bf16)
+    rows.append(
+        {
+            "name": "engine_shared_prefix_cache",
+            "ours": round(n_on / s_on, 2),
+            "baseline": round(n_off / s_off, 2),
+            "ratio": round((n_on / s_on) / (n_off / s_off), 2),
+            "unit": "generated tokens/s (prefix KV cache on / off)",
+            "greedy_identical_texts": f"{sum(a == b for a, b in zip(t_on, t_off))}/{len(chats)}",
+            "prompts": len(chats),
+        }
+    )
+    tok = bf16.tok
+    ids = bf16._encode([bf16.render(c) for c in chats])
+    config = GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=False,
+        eos_token_id=bf16.stop_ids,
+        pad_token_id=tok.pad_token_id,
+    )
+    bf16.model.generate_batch(inputs=ids[:2], generation_config=config)  # warm-up
+    t0 = time.perf_counter()
+    res = bf16.model.generate_batch(inputs=ids, generation_config=config)
+    s_cb = time.perf_counter() - t0
+    outs = [res[f"req_{i}"].generated_tokens for i in range(len(ids))]
+    n_cb = sum(len(o) for o in outs)
+    texts = [
+        tok.decode([t for t in o if t not in bf16.stop_ids], skip_special_tokens=True).strip()
+        for o in outs
+    ]
+    rows.append(
+        {
+            "name": "engine_static_vs_continuous_batching",
+            "ours": round(n_on / s_on, 2),
+            "baseline": round(n_cb / s_cb, 2),
+            "ratio": round((n_on / s_on) / (n_cb / s_cb), 2),
+            "unit": "generated tokens/s (ours: static length-sorted batches + prefix cache; "
+            "baseline: transformers generate_batch)",
+            "greedy_identical_texts": f"{sum(a == b for a, b in zip(t_on, texts))}/{len(chats)}",
+            "prompts": len(chats),
+        }
+    )
+    return rows
+
+
+BENCHES = ("critiques", "labels", "fraction", "scaling", "engine")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=64)
@@ -189,7 +508,13 @@ def main() -> None:
         default=256,
         help="baseline: the judge writes its answer until end of turn or this cap",
     )
-    ap.add_argument("--only", choices=["critiques", "labels"], default=None)
+    ap.add_argument("--fraction-batches", type=int, nargs="+", default=[1, 8, 32, 64, 128])
+    ap.add_argument("--fraction-new-tokens", type=int, default=32)
+    ap.add_argument("--scale-prompts", type=int, default=8, help="1x of the scaling runs")
+    ap.add_argument("--scale-new-tokens", type=int, default=16)
+    ap.add_argument("--engine-prompts", type=int, default=16)
+    ap.add_argument("--engine-new-tokens", type=int, default=32)
+    ap.add_argument("--only", nargs="+", choices=BENCHES, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results.jsonl")
     args = ap.parse_args()
     machine = {
@@ -197,10 +522,17 @@ def main() -> None:
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
-    benches = {"critiques": bench_critiques, "labels": bench_labels}
+    benches = {
+        "critiques": bench_critiques,
+        "labels": bench_labels,
+        "fraction": bench_machine_fraction,
+        "scaling": bench_scaling,
+        "engine": bench_engine,
+    }
     results = []
     for name, fn in benches.items():
-        if args.only in (None, name):
+        if args.only is None or name in args.only:
+            print(f"running {name} ...", flush=True)
             rows = fn(args)
             results += rows if isinstance(rows, list) else [rows]
     if args.only and args.out.exists():  # keep the other benchmarks' last rows
@@ -210,9 +542,9 @@ def main() -> None:
     with open(args.out, "w") as f:
         for r in results:
             f.write(json.dumps({"machine": machine, **r}) + "\n")
-    print(f"{'benchmark':<30} {'ours':>10} {'baseline':>10} {'ratio':>7}  unit")
+    print(f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'ratio':>8}  unit")
     for r in results:
-        print(f"{r['name']:<30} {r['ours']:>10} {r['baseline']:>10} {r['ratio']:>6}x  {r['unit']}")
+        print(f"{r['name']:<38} {r['ours']:>10} {r['baseline']:>10} {r['ratio']:>8}  {r['unit']}")
     print(f"written to {args.out}")
 
 
