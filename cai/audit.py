@@ -354,7 +354,9 @@ def preference_summary(pairs: list[PairItem]) -> dict[str, Any]:
         "kept": sum(p.kept for p in pairs),
         "judgements": sum(len(p.judgements) for p in pairs),
         "skipped": dict(Counter(p.skipped for p in pairs if p.skipped)),
-        "flags": dict(Counter(f for p in pairs for j in p.judgements for f in j.get("flags") or [])),
+        "flags": dict(
+            Counter(f for p in pairs for j in p.judgements for f in j.get("flags") or [])
+        ),
         **label_summary(rows),
         "p_chosen": {
             "mean": _mean(ps),
@@ -428,10 +430,20 @@ def check_filters(stages: list[StageRun], f: Filters) -> None:
     if f.low_margin is not None and "preferences" not in kinds:
         raise InputError("--low-margin selects preference pairs; this run has no labels.jsonl")
     if f.principle:
-        seen = {r.principle for s in stages if s.kind == "critiques" for c in s.items
-                for r in c.revisions}
-        seen |= {j["principle"] for s in stages if s.kind == "preferences" for p in s.items
-                 for j in p.judgements}
+        seen = {
+            r.principle
+            for s in stages
+            if s.kind == "critiques"
+            for c in s.items
+            for r in c.revisions
+        }
+        seen |= {
+            j["principle"]
+            for s in stages
+            if s.kind == "preferences"
+            for p in s.items
+            for j in p.judgements
+        }
         if f.principle not in seen:
             raise InputError(
                 f"--principle {f.principle!r} was never drawn in this run "

@@ -55,8 +55,12 @@ def preference_figures(stage: StageRun, s: dict[str, Any]) -> list[tuple[Any, st
         return []
     fig = figure(figsize=(4.5, 3.2))
     ax = fig.add_subplot()
-    ax.hist([p.row["p_chosen"] for p in pairs], bins=[0.5 + 0.05 * i for i in range(11)],
-            color=BLUE, edgecolor="white")
+    ax.hist(
+        [p.row["p_chosen"] for p in pairs],
+        bins=[0.5 + 0.05 * i for i in range(11)],
+        color=BLUE,
+        edgecolor="white",
+    )
     ax.set(xlabel="p_chosen", ylabel="pairs", xlim=(0.5, 1))
     out = [(fig, "Distribution of p_chosen (soft label of the chosen answer)")]
 
@@ -72,8 +76,12 @@ def preference_figures(stage: StageRun, s: dict[str, Any]) -> list[tuple[Any, st
     ax.axhline(0.5, color=GREY, lw=0.8)
     ax.axvline(0.5, color=GREY, lw=0.8)
     ax.scatter(xs, ys, c=colours, s=18)
-    ax.set(xlabel="P(first better), shown first", ylabel="P(first better), shown second",
-           xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="P(first better), shown first",
+        ylabel="P(first better), shown second",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     out.append((fig, "Position consistency: blue pairs agree in both orders"))
 
     s = s["per_principle"]
@@ -81,10 +89,20 @@ def preference_figures(stage: StageRun, s: dict[str, Any]) -> list[tuple[Any, st
     fig = figure(figsize=(5.5, 0.35 * len(names) + 1.2))
     ax = fig.add_subplot()
     idx = range(len(names))
-    ax.barh([i - 0.2 for i in idx], [s[p]["win_share"] for p in names], 0.4, color=BLUE,
-            label="verdict won")
-    ax.barh([i + 0.2 for i in idx], [s[p]["mean_p_a"] for p in names], 0.4, color=ORANGE,
-            label="mean P(A)")
+    ax.barh(
+        [i - 0.2 for i in idx],
+        [s[p]["win_share"] for p in names],
+        0.4,
+        color=BLUE,
+        label="verdict won",
+    )
+    ax.barh(
+        [i + 0.2 for i in idx],
+        [s[p]["mean_p_a"] for p in names],
+        0.4,
+        color=ORANGE,
+        label="mean P(A)",
+    )
     ax.axvline(0.5, color=GREY, lw=0.8)
     ax.set_yticks(list(idx), names)
     ax.set(xlim=(0, 1))
@@ -112,11 +130,26 @@ def preference_figures(stage: StageRun, s: dict[str, Any]) -> list[tuple[Any, st
 def summary_tables(page: Report, stage: StageRun, s: dict[str, Any]) -> None:
     if stage.kind == "critiques":
         page.table(
-            ["prompts", "rounds", "revisions", "empty revisions", "empty final answers",
-             "final cut at token limit", "mean change first to final"],
-            [[s["prompts"], s["rounds"], s["revisions"], s["failures"].get("empty revision", 0),
-              s["failures"].get("empty final answer", 0), s["truncated_final"],
-              s["mean_change_first_to_final"]]],
+            [
+                "prompts",
+                "rounds",
+                "revisions",
+                "empty revisions",
+                "empty final answers",
+                "final cut at token limit",
+                "mean change first to final",
+            ],
+            [
+                [
+                    s["prompts"],
+                    s["rounds"],
+                    s["revisions"],
+                    s["failures"].get("empty revision", 0),
+                    s["failures"].get("empty final answer", 0),
+                    s["truncated_final"],
+                    s["mean_change_first_to_final"],
+                ]
+            ],
         )
         cols = ["revisions", "empty", "unchanged", "mean change", "mean words"]
         page.table(["principle", *cols], [[p, *_block(b)] for p, b in s["per_principle"].items()])
@@ -124,22 +157,50 @@ def summary_tables(page: Report, stage: StageRun, s: dict[str, Any]) -> None:
         return
     page.table(
         ["pairs", "labelled", "kept", "judgements", "skipped", "flagged judgements"],
-        [[s["pairs"], s["labelled"], s["kept"], s["judgements"],
-          ", ".join(f"{n} {k}" for k, n in s["skipped"].items()) or "0",
-          ", ".join(f"{n} {k}" for k, n in s["flags"].items()) or "0"]],
+        [
+            [
+                s["pairs"],
+                s["labelled"],
+                s["kept"],
+                s["judgements"],
+                ", ".join(f"{n} {k}" for k, n in s["skipped"].items()) or "0",
+                ", ".join(f"{n} {k}" for k, n in s["flags"].items()) or "0",
+            ]
+        ],
     )
     pc = s["p_chosen"]
     page.table(
-        ["mean p_chosen", "median", "min", "max", "mean margin", "position consistency",
-         "principle agreement", "longer chosen", "binomial p"],
-        [[pc["mean"], pc["median"], pc["min"], pc["max"], s["mean_margin"],
-          s["position_consistency"], s["principle_agreement"], s["longer_chosen_share"],
-          s["longer_chosen_p_value"]]],
+        [
+            "mean p_chosen",
+            "median",
+            "min",
+            "max",
+            "mean margin",
+            "position consistency",
+            "principle agreement",
+            "longer chosen",
+            "binomial p",
+        ],
+        [
+            [
+                pc["mean"],
+                pc["median"],
+                pc["min"],
+                pc["max"],
+                s["mean_margin"],
+                s["position_consistency"],
+                s["principle_agreement"],
+                s["longer_chosen_share"],
+                s["longer_chosen_p_value"],
+            ]
+        ],
     )
     page.table(
         ["principle", "judgements", "pairs", "mean P(A)", "win share", "prefers longer"],
-        [[p, b["judgements"], b["pairs"], b["mean_p_a"], b["win_share"], b["longer_share"]]
-         for p, b in s["per_principle"].items()],
+        [
+            [p, b["judgements"], b["pairs"], b["mean_p_a"], b["win_share"], b["longer_share"]]
+            for p, b in s["per_principle"].items()
+        ],
     )
 
 
@@ -173,11 +234,16 @@ def _prompt_html(prompt: list[dict[str, str]] | None) -> str:
 def chain_entry(c: Chain) -> tuple[str, str]:
     names = "".join(f"<span class=tag>{esc(r.principle)}</span>" for r in c.revisions)
     head = f"<b>{esc(c.id)}</b> <span class=note>{esc(c.stage)}</span>{names}{_tags(c)}"
-    body = [_prompt_html(c.record["prompt"]), "<b>first answer</b>",
-            f"<pre>{esc(c.record['initial_response'])}</pre>"]
+    body = [
+        _prompt_html(c.record["prompt"]),
+        "<b>first answer</b>",
+        f"<pre>{esc(c.record['initial_response'])}</pre>",
+    ]
     for r in c.revisions:
-        body.append(f"<h4>round {r.round}: {esc(r.principle)} "
-                    f"<span class=note>change {_fmt(r.change)}</span></h4>")
+        body.append(
+            f"<h4>round {r.round}: {esc(r.principle)} "
+            f"<span class=note>change {_fmt(r.change)}</span></h4>"
+        )
         body.append(f"<b>critique</b><pre>{esc(r.critique)}</pre><b>revision</b>")
         if r.empty:
             body.append("<p class=note>empty revision: the previous answer was kept</p>")
@@ -189,28 +255,38 @@ def chain_entry(c: Chain) -> tuple[str, str]:
 def pair_entry(p: PairItem) -> tuple[str, str]:
     head = f"<b>{esc(p.id)}</b> <span class=note>{esc(p.stage)}</span>"
     if p.row:
-        head += (f" p_chosen {p.row['p_chosen']:.3f}, margin {p.row['margin']:.3f}"
-                 + ("" if p.row["position_consistent"] else
-                    "<span class=tag>position-inconsistent</span>")
-                 + ("" if p.kept else "<span class=tag>not kept</span>"))
+        head += (
+            f" p_chosen {p.row['p_chosen']:.3f}, margin {p.row['margin']:.3f}"
+            + (
+                ""
+                if p.row["position_consistent"]
+                else "<span class=tag>position-inconsistent</span>"
+            )
+            + ("" if p.kept else "<span class=tag>not kept</span>")
+        )
     head += _tags(p)
     body = [_prompt_html(p.prompt)]
     if p.first is None:
         body.append("<p class=note>the answers are not in this run's files</p>")
     else:
-        body.append(f"<b>answer 1</b><pre>{esc(p.first)}</pre>"
-                    f"<b>answer 2</b><pre>{esc(p.second)}</pre>"
-                    f"<b>answer 1 to answer 2</b><pre>{diff_html(p.first, p.second or '')}</pre>")
+        body.append(
+            f"<b>answer 1</b><pre>{esc(p.first)}</pre>"
+            f"<b>answer 2</b><pre>{esc(p.second)}</pre>"
+            f"<b>answer 1 to answer 2</b><pre>{diff_html(p.first, p.second or '')}</pre>"
+        )
     if p.judgements:
         rows = "".join(
             f"<tr><td>{esc(j['principle'])}</td><td>{esc(j['order'])}</td>"
             f"<td class=n>{j['p_a']:.3f}</td><td class=n>{j['p_first']:.3f}</td>"
-            f"<td>{esc(', '.join(j.get('flags') or []))}</td><td>{esc(j.get('cot') or '')}</td></tr>"
+            f"<td>{esc(', '.join(j.get('flags') or []))}</td>"
+            f"<td>{esc(j.get('cot') or '')}</td></tr>"
             for j in p.judgements
         )
-        body.append("<table><thead><tr><th>principle</th><th>order</th><th>P(A)</th>"
-                    "<th>P(answer 1 better)</th><th>flags</th><th>reasoning</th></tr></thead>"
-                    f"<tbody>{rows}</tbody></table>")
+        body.append(
+            "<table><thead><tr><th>principle</th><th>order</th><th>P(A)</th>"
+            "<th>P(answer 1 better)</th><th>flags</th><th>reasoning</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
     return head, "".join(body)
 
 
@@ -222,8 +298,11 @@ def build(run_dir: str, stages: list[StageRun], selected: list, filters_text: st
         page.heading(f"{'Critiques' if st.kind == 'critiques' else 'Preference labels'}{where}")
         m = st.manifest or {}
         settings = m.get("settings") or {}
-        facts = [f"{k}: {settings[k]}" for k in ("model", "feedback", "policy", "rounds",
-                                                    "ensemble", "seed") if settings.get(k)]
+        facts = [
+            f"{k}: {settings[k]}"
+            for k in ("model", "feedback", "policy", "rounds", "ensemble", "seed")
+            if settings.get(k)
+        ]
         if (m.get("constitution") or {}).get("name"):
             facts.append(f"constitution: {m['constitution']['name']}")
         if m.get("status"):

@@ -44,10 +44,20 @@ def _print_critiques(con, name: str, s: dict[str, Any]) -> None:
     )
     cols = ["revisions", "empty", "unchanged", "mean change", "mean words"]
     keys = ["revisions", "empty", "unchanged", "mean_change", "mean_words"]
-    con.print(_table("per principle", ["principle", *cols],
-                     [[p, *(b[k] for k in keys)] for p, b in s["per_principle"].items()]))
-    con.print(_table("per round (change against the answer it revised)", ["round", *cols],
-                     [[n, *(b[k] for k in keys)] for n, b in s["per_round"].items()]))
+    con.print(
+        _table(
+            "per principle",
+            ["principle", *cols],
+            [[p, *(b[k] for k in keys)] for p, b in s["per_principle"].items()],
+        )
+    )
+    con.print(
+        _table(
+            "per round (change against the answer it revised)",
+            ["round", *cols],
+            [[n, *(b[k] for k in keys)] for n, b in s["per_round"].items()],
+        )
+    )
 
 
 def _print_preferences(con, name: str, s: dict[str, Any]) -> None:
@@ -59,28 +69,44 @@ def _print_preferences(con, name: str, s: dict[str, Any]) -> None:
         f"flagged judgements: {flags}"
     )
     pc = s["p_chosen"]
-    con.print(_table("labels", ["", "value"], [
-        ["position consistency (same verdict in both orders)", s["position_consistency"]],
-        ["principle agreement (principles siding with the label)", s["principle_agreement"]],
-        ["mean |p_chosen - 0.5|", s["mean_abs_p_minus_half"]],
-        ["mean margin |2p - 1|", s["mean_margin"]],
-        ["longer answer chosen (pairs of unequal length)", s["longer_chosen_share"]],
-        ["  binomial p-value against 1/2", s["longer_chosen_p_value"]],
-    ]))
+    con.print(
+        _table(
+            "labels",
+            ["", "value"],
+            [
+                ["position consistency (same verdict in both orders)", s["position_consistency"]],
+                [
+                    "principle agreement (principles siding with the label)",
+                    s["principle_agreement"],
+                ],
+                ["mean |p_chosen - 0.5|", s["mean_abs_p_minus_half"]],
+                ["mean margin |2p - 1|", s["mean_margin"]],
+                ["longer answer chosen (pairs of unequal length)", s["longer_chosen_share"]],
+                ["  binomial p-value against 1/2", s["longer_chosen_p_value"]],
+            ],
+        )
+    )
     most = max(pc["histogram"] + [1])
     rows = [
         [f"{lo:.1f}-{hi:.1f}", n, BAR * round(20 * n / most)]
         for lo, hi, n in zip(pc["bins"], pc["bins"][1:], pc["histogram"])
     ]
-    t = _table(f"p_chosen (mean {_num(pc['mean'])}, median {_num(pc['median'])})",
-               ["p_chosen", "pairs", ""], rows)
+    t = _table(
+        f"p_chosen (mean {_num(pc['mean'])}, median {_num(pc['median'])})",
+        ["p_chosen", "pairs", ""],
+        rows,
+    )
     con.print(t)
-    con.print(_table(
-        "per principle",
-        ["principle", "judged", "pairs", "mean P(A)", "win share", "prefers longer"],
-        [[p, b["judgements"], b["pairs"], b["mean_p_a"], b["win_share"], b["longer_share"]]
-         for p, b in s["per_principle"].items()],
-    ))
+    con.print(
+        _table(
+            "per principle",
+            ["principle", "judged", "pairs", "mean P(A)", "win share", "prefers longer"],
+            [
+                [p, b["judgements"], b["pairs"], b["mean_p_a"], b["win_share"], b["longer_share"]]
+                for p, b in s["per_principle"].items()
+            ],
+        )
+    )
 
 
 def _diff_text(before: str, after: str):
@@ -113,34 +139,48 @@ def _show(con, item) -> None:
     if isinstance(item, Chain):
         con.print(Text("first answer:", style="bold"), Text(item.record["initial_response"]))
         for r in item.revisions:
-            con.print(Text(f"\nround {r.round}: {r.principle}  (change {_num(r.change)})",
-                           style="bold cyan"))
+            con.print(
+                Text(
+                    f"\nround {r.round}: {r.principle}  (change {_num(r.change)})",
+                    style="bold cyan",
+                )
+            )
             con.print(Text("critique: ", style="bold"), Text(r.critique))
             con.print(Text("revision: ", style="bold"), end="")
-            con.print("(empty: the previous answer was kept)" if r.empty
-                      else _diff_text(r.before, r.text))
+            con.print(
+                "(empty: the previous answer was kept)" if r.empty else _diff_text(r.before, r.text)
+            )
         return
     if item.row:
         row = item.row
-        con.print(f"p_chosen {_num(row['p_chosen'])}, margin {_num(row['margin'])}, "
-                  f"position consistent {_num(row['position_consistent'])}, "
-                  f"kept {_num(item.kept)}")
+        con.print(
+            f"p_chosen {_num(row['p_chosen'])}, margin {_num(row['margin'])}, "
+            f"position consistent {_num(row['position_consistent'])}, "
+            f"kept {_num(item.kept)}"
+        )
     if item.first is not None:
         con.print(Text("answer 1:", style="bold"), Text(item.first))
         con.print(Text("answer 2:", style="bold"), Text(item.second or ""))
         con.print(Text("answer 1 -> 2:", style="bold"), _diff_text(item.first, item.second or ""))
-    rows = [[j["principle"], j["order"], j["p_a"], j["p_first"], ", ".join(j.get("flags") or [])]
-            for j in item.judgements]
+    rows = [
+        [j["principle"], j["order"], j["p_a"], j["p_first"], ", ".join(j.get("flags") or [])]
+        for j in item.judgements
+    ]
     if rows:
-        con.print(_table("judgements", ["principle", "order", "P(A)", "P(answer 1 better)",
-                                        "flags"], rows))
+        con.print(
+            _table(
+                "judgements", ["principle", "order", "P(A)", "P(answer 1 better)", "flags"], rows
+            )
+        )
 
 
 def _preview(item) -> str:
     from .audit import Chain
 
-    text = item.record["final_response"] if isinstance(item, Chain) else (
-        (item.row or {}).get("chosen", [{}])[-1].get("content") or ""
+    text = (
+        item.record["final_response"]
+        if isinstance(item, Chain)
+        else ((item.row or {}).get("chosen", [{}])[-1].get("content") or "")
     )
     text = " ".join(text.split())
     return text[:60] + ("…" if len(text) > 60 else "")
@@ -157,8 +197,11 @@ def _print_selection(con, selected: list, how: str) -> None:
         t.add_column(h)
     for item, rounds in selected:
         if isinstance(item, Chain):
-            ps = ", ".join(f"{r.round}:{r.principle}" for r in item.revisions
-                           if not rounds or r.round in rounds)
+            ps = ", ".join(
+                f"{r.round}:{r.principle}"
+                for r in item.revisions
+                if not rounds or r.round in rounds
+            )
         else:
             ps = f"margin {_num(item.row['margin'])}" if item.row else "-"
         t.add_row(Text(item.id), item.stage, ps, "; ".join(item.failures), Text(_preview(item)))
@@ -172,7 +215,9 @@ def audit_cmd(
     show: Annotated[
         Optional[str], typer.Option(help="print one prompt's chain (or one pair) with word diffs")
     ] = None,
-    principle: Annotated[Optional[str], typer.Option(help="rounds or pairs of this principle")] = None,
+    principle: Annotated[
+        Optional[str], typer.Option(help="rounds or pairs of this principle")
+    ] = None,
     grep: Annotated[Optional[str], typer.Option(help="text anywhere in the chain or pair")] = None,
     unchanged: Annotated[
         bool, typer.Option("--unchanged", help="revisions with the same words as their answer")

@@ -149,9 +149,7 @@ class Report:
             f'principles" aria-label="search"> <span id=shown class=note></span></p>'
         )
         self.parts.append(
-            "".join(
-                f"<details class=item><summary>{s}</summary>{b}</details>" for s, b in entries
-            )
+            "".join(f"<details class=item><summary>{s}</summary>{b}</details>" for s, b in entries)
         )
 
     def raw(self, fragment: str) -> None:
