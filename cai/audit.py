@@ -331,7 +331,7 @@ def preference_summary(pairs: list[PairItem]) -> dict[str, Any]:
     ps = [r["p_chosen"] for r in rows]
     hist = [0] * (len(P_BINS) - 1)
     for p in ps:
-        hist[min(int((p - 0.5) * 10), len(hist) - 1)] += 1
+        hist[min(int(round((p - 0.5) * 10, 9)), len(hist) - 1)] += 1  # 0.6 is in 0.6-0.7
     per: dict[str, dict[str, list]] = {}
     for item in pairs:
         if not item.row:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .audit import Chain, PairItem, StageRun, summary
 from .report import Report, esc, figure
-from .textdiff import render, word_diff
+from .textdiff import change, render, word_diff
 
 BLUE, ORANGE, GREY = "#3b6ea8", "#d9822b", "#888888"
 
@@ -269,23 +269,28 @@ def pair_entry(p: PairItem) -> tuple[str, str]:
     if p.first is None:
         body.append("<p class=note>the answers are not in this run's files</p>")
     else:
-        body.append(
-            f"<b>answer 1</b><pre>{esc(p.first)}</pre>"
-            f"<b>answer 2</b><pre>{esc(p.second)}</pre>"
-            f"<b>answer 1 to answer 2</b><pre>{diff_html(p.first, p.second or '')}</pre>"
-        )
+        won = None if not p.row else 1 if p.row["chosen"][-1]["content"] == p.first else 2
+        for n, text in ((1, p.first), (2, p.second or "")):
+            body.append(f"<b>answer {n}{' (chosen)' if won == n else ''}</b><pre>{esc(text)}</pre>")
+        if change(p.first, p.second or "") < 1:
+            body.append(
+                f"<b>answer 1 to answer 2</b><pre>{diff_html(p.first, p.second or '')}</pre>"
+            )
     if p.judgements:
+        cot = any(j.get("cot") for j in p.judgements)
         rows = "".join(
             f"<tr><td>{esc(j['principle'])}</td><td>{esc(j['order'])}</td>"
             f"<td class=n>{j['p_a']:.3f}</td><td class=n>{j['p_first']:.3f}</td>"
             f"<td>{esc(', '.join(j.get('flags') or []))}</td>"
-            f"<td>{esc(j.get('cot') or '')}</td></tr>"
+            + (f"<td>{esc(j.get('cot') or '')}</td>" if cot else "")
+            + "</tr>"
             for j in p.judgements
         )
         body.append(
             "<table><thead><tr><th>principle</th><th>order</th><th>P(A)</th>"
-            "<th>P(answer 1 better)</th><th>flags</th><th>reasoning</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>"
+            "<th>P(answer 1 better)</th><th>flags</th>"
+            + ("<th>reasoning</th>" if cot else "")
+            + f"</tr></thead><tbody>{rows}</tbody></table>"
         )
     return head, "".join(body)
 

@@ -34,13 +34,24 @@ def _table(title: str, headers: list[str], rows: list[list[Any]]):
     return t
 
 
+def _lines(con, title: str, where: str, lines: list[str]) -> None:
+    con.print(f"\n[bold]{title}[/]  {where}", soft_wrap=True)
+    for line in lines:
+        con.print(f"  {line}", soft_wrap=True, markup=False)
+
+
 def _print_critiques(con, name: str, s: dict[str, Any]) -> None:
     fails = ", ".join(f"{n} {k}" for k, n in s["failures"].items()) or "none"
-    con.print(
-        f"[bold]critiques[/] ({name}): {s['prompts']} prompts, {s['rounds']} rounds, "
-        f"{s['revisions']} revisions; failures: {fails}; "
-        f"final answer cut at the token limit: {s['truncated_final']}; "
-        f"mean change first to final answer: {_num(s['mean_change_first_to_final'])}"
+    _lines(
+        con,
+        "critiques",
+        name,
+        [
+            f"{s['prompts']} prompts, {s['rounds']} rounds, {s['revisions']} revisions",
+            f"failures: {fails}",
+            f"final answer cut at the token limit: {s['truncated_final']}",
+            f"mean change from first to final answer: {_num(s['mean_change_first_to_final'])}",
+        ],
     )
     cols = ["revisions", "empty", "unchanged", "mean change", "mean words"]
     keys = ["revisions", "empty", "unchanged", "mean_change", "mean_words"]
@@ -63,10 +74,16 @@ def _print_critiques(con, name: str, s: dict[str, Any]) -> None:
 def _print_preferences(con, name: str, s: dict[str, Any]) -> None:
     skipped = ", ".join(f"{n} {k}" for k, n in s["skipped"].items()) or "none"
     flags = ", ".join(f"{n} {k}" for k, n in s["flags"].items()) or "none"
-    con.print(
-        f"[bold]preference labels[/] ({name}): {s['pairs']} pairs, {s['labelled']} labelled, "
-        f"{s['kept']} kept, {s['judgements']} judgements; skipped: {skipped}; "
-        f"flagged judgements: {flags}"
+    _lines(
+        con,
+        "preference labels",
+        name,
+        [
+            f"{s['pairs']} pairs, {s['labelled']} labelled, {s['kept']} kept, "
+            f"{s['judgements']} judgements",
+            f"skipped pairs: {skipped}",
+            f"flagged judgements: {flags}",
+        ],
     )
     pc = s["p_chosen"]
     con.print(
