@@ -53,19 +53,21 @@ def _print_critiques(con, name: str, s: dict[str, Any]) -> None:
             f"mean change from first to final answer: {_num(s['mean_change_first_to_final'])}",
         ],
     )
-    cols = ["revisions", "empty", "unchanged", "mean change", "mean words"]
+    cols = ["empty", "unchanged", "change", "words"]
     keys = ["revisions", "empty", "unchanged", "mean_change", "mean_words"]
+    con.print("  change: word edit distance to the answer revised, 0-1; change and words are")
+    con.print("  means over revisions with text")
     con.print(
         _table(
             "per principle",
-            ["principle", *cols],
+            ["principle", "drawn", *cols],
             [[p, *(b[k] for k in keys)] for p, b in s["per_principle"].items()],
         )
     )
     con.print(
         _table(
-            "per round (change against the answer it revised)",
-            ["round", *cols],
+            "per round",
+            ["round", "revisions", *cols],
             [[n, *(b[k] for k in keys)] for n, b in s["per_round"].items()],
         )
     )

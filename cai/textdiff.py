@@ -13,7 +13,8 @@ one text empty and the other not). Two empty texts have change 0.0.
 
 The distance uses a bit-parallel algorithm (one pass over the second text, each step a few
 operations on Python integers as wide as the first text), so long answers cost little. The diff
-itself comes from :mod:`difflib` and shows words as they were, line breaks included.
+itself comes from :mod:`difflib` and shows words as they were, line breaks included; a few
+words kept by chance inside a rewrite are shown as part of the rewrite.
 """
 
 from __future__ import annotations
@@ -75,19 +76,42 @@ def _split(tokens: list[str]) -> tuple[str, str]:
     return body, text[len(body) :]
 
 
+def _absorb_islands(ops: list[tuple]) -> list[tuple]:
+    """Fold a kept run shorter than the changes on both sides of it into one change.
+
+    In a rewrite, words such as "to" or "it" match by chance; a diff cut at each of them is
+    hard to read, so ``[-a b c-] it [-d e f-]`` becomes ``[-a b c it d e f-]``.
+    """
+    out: list[tuple] = []
+    for k, (tag, i1, i2, j1, j2) in enumerate(ops):
+        if tag == "equal" and out and k + 1 < len(ops):
+            nxt, prev = ops[k + 1], out[-1]
+            size = i2 - i1
+            if size < max(prev[2] - prev[1], prev[4] - prev[3]) and size < max(
+                nxt[2] - nxt[1], nxt[4] - nxt[3]
+            ):
+                out[-1] = ("replace", prev[1], i2, prev[3], j2)
+                continue
+        if tag != "equal" and out and out[-1][0] != "equal":
+            out[-1] = ("replace", out[-1][1], i2, out[-1][3], j2)
+            continue
+        out.append((tag, i1, i2, j1, j2))
+    return out
+
+
 def word_diff(before: str, after: str) -> list[Segment]:
     """The changes from ``before`` to ``after`` as kept (=), removed (-) and added (+) runs."""
     ta, tb = _TOKEN.findall(before), _TOKEN.findall(after)
     wa, wb = [t.rstrip() for t in ta], [t.rstrip() for t in tb]
     out: list[Segment] = []
     matcher = difflib.SequenceMatcher(None, wa, wb, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    for tag, i1, i2, j1, j2 in _absorb_islands(matcher.get_opcodes()):
         if tag == "equal":
             out.append(("=", *_split(tb[j1:j2])))
             continue
-        if tag in ("delete", "replace"):
+        if i2 > i1:
             out.append(("-", *_split(ta[i1:i2])))
-        if tag in ("insert", "replace"):
+        if j2 > j1:
             out.append(("+", *_split(tb[j1:j2])))
     # runs end where the words of one text ran out: keep them apart from what follows
     return [(op, t, tail or " ") for op, t, tail in out[:-1]] + out[-1:]
