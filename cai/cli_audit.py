@@ -211,6 +211,9 @@ def _print_selection(con, selected: list, how: str) -> None:
 
     from .audit import Chain
 
+    if not selected:
+        con.print(f"0 selected by {how}", soft_wrap=True, markup=False)
+        return
     t = Table(title=f"{len(selected)} selected by {how}", title_justify="left")
     for h in ("id", "stage", "principles", "failures", "preview"):
         t.add_column(h)
