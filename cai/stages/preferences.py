@@ -315,24 +315,34 @@ def export_preferences(run: RunDir, pairs: Sequence[Pair], min_margin: float = 0
             rows.append(aggregate(pair, js))
     kept = [r for r in rows if r["margin"] >= min_margin]
     write_jsonl_atomic(run.path / "preferences.jsonl", kept)
-    longer = [r["chosen_longer"] for r in rows if r["chosen_longer"] is not None]
-    n = len(rows)
     return {
         "pairs": len(pairs),
-        "labelled": n,
+        "labelled": len(rows),
         "kept": len(kept),
-        "below_min_margin": n - len(kept),
+        "below_min_margin": len(rows) - len(kept),
         "skipped": dict(skipped),
         "flags": dict(flags),
-        "position_consistency": round(sum(r["position_consistent"] for r in rows) / n, 4)
-        if n
-        else None,
-        "mean_abs_p_minus_half": round(sum(abs(r["p_chosen"] - 0.5) for r in rows) / n, 4)
-        if n
-        else None,
-        "principle_agreement": round(sum(r["principle_agreement"] for r in rows) / n, 4)
-        if n
-        else None,
+        **label_summary(rows),
+    }
+
+
+def label_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Biases and agreement over preference records (:func:`aggregate` rows); None when empty.
+
+    ``position_consistency``: share of pairs whose label points the same way in both orders;
+    ``longer_chosen_share``: share of pairs of unequal length where the longer answer won, with
+    the two-sided binomial p-value against 1/2.
+    """
+    n = len(rows)
+    longer = [r["chosen_longer"] for r in rows if r["chosen_longer"] is not None]
+
+    def mean(values) -> float | None:
+        return round(sum(values) / n, 4) if n else None
+
+    return {
+        "position_consistency": mean(r["position_consistent"] for r in rows),
+        "mean_abs_p_minus_half": mean(abs(r["p_chosen"] - 0.5) for r in rows),
+        "principle_agreement": mean(r["principle_agreement"] for r in rows),
         "longer_chosen_share": round(sum(longer) / len(longer), 4) if longer else None,
         "longer_chosen_p_value": _binomial_p(sum(longer), len(longer)),
     }
