@@ -121,8 +121,12 @@ def test_bf16_matches_fp32_greedily_within_tolerance(tiny_model):
     assert ties <= steps // 4  # and those are rare
     # option probabilities, normalised over the options as labels are: P(A) within 0.02
     prompts = [fp32.render(c) for c in chats(6)]
-    p32 = [math.exp(a) / (math.exp(a) + math.exp(b)) for a, b in fp32.choice_logprobs(prompts, "AB")]
-    p16 = [math.exp(a) / (math.exp(a) + math.exp(b)) for a, b in bf16.choice_logprobs(prompts, "AB")]
+    p32 = [
+        math.exp(a) / (math.exp(a) + math.exp(b)) for a, b in fp32.choice_logprobs(prompts, "AB")
+    ]
+    p16 = [
+        math.exp(a) / (math.exp(a) + math.exp(b)) for a, b in bf16.choice_logprobs(prompts, "AB")
+    ]
     assert max(abs(x - y) for x, y in zip(p32, p16)) < 0.02, (p32, p16)
 
 
