@@ -316,27 +316,10 @@ def compare(
     if len(players) > 2:
         point, ci = elo(by_pair, len(players), 0, resamples=settings.resamples, seed=settings.seed)
         ratings = {c.name: (point[k], ci[k]) for k, c in enumerate(players)}
-    table = []
-    for c in players:
-        ps = [refused[c.name][it.id] for it in items]
-        flags = [float(p > 0.5) for p in ps]
-        ci = bootstrap_ci(flags, settings.resamples, settings.seed)
-        table.append(
-            {
-                "name": c.name,
-                "kind": c.kind,
-                "source": c.source,
-                "refusal_share": round(sum(flags) / len(flags), 4),
-                "refusal_ci95": [round(v, 4) for v in ci],
-                "mean_p_refusal": round(sum(ps) / len(ps), 4),
-                "mean_answer_chars": round(
-                    sum(len(texts[c.name][it.id]) for it in items) / len(items), 1
-                ),
-                **meta[c.name],
-                "elo": round(ratings[c.name][0], 1) if ratings else None,
-                "elo_ci95": [round(v, 1) for v in ratings[c.name][1]] if ratings else None,
-            }
-        )
+    table = [
+        _contestant_row(c, items, texts[c.name], refused[c.name], meta[c.name], ratings, settings)
+        for c in players
+    ]
     return {
         "baseline": players[0].name,
         "prompts": len(items),
@@ -426,4 +409,23 @@ def _pair_summary(rows: list[dict[str, Any]], settings: CompareSettings) -> dict
         "skipped": skipped,
         "harmless": summarize(harmless, r, s) if harmless else None,
         "per_principle": {pid: summarize(v, r, s) for pid, v in sorted(per_principle.items())},
+    }
+
+
+def _contestant_row(c, items, texts, refused, meta, ratings, settings) -> dict[str, Any]:
+    """Refusal share (with its interval), answer length and Elo of one contestant."""
+    ps = [refused[it.id] for it in items]
+    flags = [float(p > 0.5) for p in ps]
+    ci = bootstrap_ci(flags, settings.resamples, settings.seed)
+    return {
+        "name": c.name,
+        "kind": c.kind,
+        "source": c.source,
+        "refusal_share": round(sum(flags) / len(flags), 4),
+        "refusal_ci95": [round(v, 4) for v in ci],
+        "mean_p_refusal": round(sum(ps) / len(ps), 4),
+        "mean_answer_chars": round(sum(len(texts[it.id]) for it in items) / len(items), 1),
+        **meta,
+        "elo": round(ratings[c.name][0], 1) if ratings else None,
+        "elo_ci95": [round(v, 1) for v in ratings[c.name][1]] if ratings else None,
     }
