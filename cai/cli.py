@@ -297,7 +297,7 @@ def run_pipeline_cmd(
 
 
 # The command groups live in their own modules; importing them registers their commands.
-from . import cli_audit, cli_generate, cli_train  # noqa: E402, F401
+from . import cli_audit, cli_eval, cli_generate, cli_train  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,6 +113,12 @@ def compare_chat(
     return chat
 
 
+def refusal_prompt(judge: Backend, prompt: Chat, reply: str) -> str:
+    """The judge's text asking whether ``reply`` refuses; option (A) means it does."""
+    turn = render("refusal", conversation=conversation_text(prompt), reply=reply)
+    return judge.render([{"role": "user", "content": turn}]) + render("compare_answer")
+
+
 def sample_pairs(
     prompts: Sequence[PromptItem], samples: dict[str, list[str]], keys: Sequence[str]
 ) -> list[Pair]:
@@ -213,7 +219,7 @@ def judge_pairs(
     log.append(skipped)
     if reporter:
         reporter.start(len(jobs))
-    step = max(1, feedback.chunk_size)
+    step = max(1, feedback.chunk_size) if jobs else 1  # nothing to judge: the judge is not touched
     for c0 in range(0, len(jobs), step):
         log.append(_judge_chunk(constitution, jobs[c0 : c0 + step], feedback, settings, reporter))
     return export_preferences(run, pairs, min_margin)

@@ -89,16 +89,12 @@ class RefusalShare:
         self.judge = judge
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        from ..stages.preferences import conversation_text
-        from ..templates import render
+        from ..stages.preferences import refusal_prompt
 
         texts = []
         for prompt, completion in zip(prompts, completions):
             chat = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            turn = render("refusal", conversation=conversation_text(chat), reply=_text(completion))
-            texts.append(
-                self.judge.render([{"role": "user", "content": turn}]) + render("compare_answer")
-            )
+            texts.append(refusal_prompt(self.judge, chat, _text(completion)))
         return [1.0 if a > b else 0.0 for a, b in self.judge.choice_logprobs(texts, ["A", "B"])]
 
 
