@@ -21,101 +21,20 @@ from __future__ import annotations
 
 import os
 import queue
-import random
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendUnavailable, InputError
 from . import Chat, Completion, Progress, Sampling
+from .pool import Pool, public_url, retryable
 
 TOP_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
 class NoLogprobs(InputError):
     """The server answers, but returns no log-probs, so options cannot be scored."""
-
-
-@dataclass
-class Endpoint:
-    url: str
-    inflight: int = 0
-    failures: int = 0  # consecutive
-    down_until: float = 0.0  # monotonic time; 0 = in rotation
-    probing: bool = False
-    ok: int = 0
-    failed: int = 0
-    last_error: str = ""
-
-
-class Pool:
-    """The servers: least-loaded choice, ejection with growing cool-down, one probe to return.
-
-    >>> p = Pool(["http://a/v1", "http://b/v1"], per_endpoint=1)
-    >>> a, _ = p.acquire(); b, _ = p.acquire(); p.acquire()[0] is None
-    True
-    """
-
-    def __init__(self, urls: Sequence[str], per_endpoint: int, cooldown: float = 1.0):
-        self.endpoints = [Endpoint(u.rstrip("/")) for u in urls]
-        self.per_endpoint = per_endpoint
-        self.cooldown = cooldown
-        self.cond = threading.Condition()
-        self._turn = 0
-
-    def acquire(self) -> tuple[Endpoint | None, float]:
-        """An endpoint to send to, or (None, seconds until one may be free)."""
-        now = time.monotonic()
-        with self.cond:
-            self._turn += 1
-            n = len(self.endpoints)
-            ready, wait = [], 60.0
-            for k in range(n):
-                ep = self.endpoints[(self._turn + k) % n]
-                if ep.down_until and not ep.probing:
-                    if now >= ep.down_until:
-                        ep.probing, ep.inflight = True, ep.inflight + 1
-                        return ep, 0.0
-                    wait = min(wait, ep.down_until - now)
-                elif not ep.down_until and ep.inflight < self.per_endpoint:
-                    ready.append(ep)
-            if not ready:
-                return None, max(wait, 0.01)
-            ep = min(ready, key=lambda e: e.inflight)
-            ep.inflight += 1
-            return ep, 0.0
-
-    def release(self, ep: Endpoint, error: str | None, slow_down: float = 1.0) -> None:
-        with self.cond:
-            ep.inflight -= 1
-            if error is None:
-                ep.ok += 1
-                ep.failures, ep.down_until, ep.probing = 0, 0.0, False
-            else:
-                ep.failed += 1
-                ep.failures += 1
-                ep.last_error = error
-                ep.probing = False
-                # exponential back-off with full jitter, capped at 30 s
-                cap = min(30.0, self.cooldown * slow_down * 2 ** (ep.failures - 1))
-                ep.down_until = time.monotonic() + random.uniform(cap / 2, cap)
-            self.cond.notify_all()
-
-    def stats(self) -> list[dict[str, Any]]:
-        with self.cond:
-            return [{"url": _public(e.url), "ok": e.ok, "failed": e.failed} for e in self.endpoints]
-
-
-def _public(url: str) -> str:
-    """``url`` without any ``user:password@`` part."""
-    return re.sub(r"//[^/@]*@", "//", url)
-
-
-def _retryable(status: int) -> bool:
-    return status in (408, 409, 429) or status >= 500
 
 
 class OpenAIBackend:
@@ -192,25 +111,25 @@ class OpenAIBackend:
             try:
                 r = self.client.post(ep.url + path, json=body)
             except httpx.TransportError as err:  # refused, reset, timed out, ...
-                error = f"{_public(ep.url)}: {type(err).__name__}"
+                error = f"{public_url(ep.url)}: {type(err).__name__}"
             else:
                 if r.status_code == 200:
                     try:
                         data = r.json()
                     except ValueError:
                         error = (
-                            f"{_public(ep.url)}{path}: answered 200 with a body that is not JSON"
+                            f"{public_url(ep.url)}{path}: answered 200 with a body that is not JSON"
                         )
                     else:
                         self.pool.release(ep, None)
                         return data
-                elif _retryable(r.status_code):
-                    error = f"{_public(ep.url)}{path}: HTTP {r.status_code}"
+                elif retryable(r.status_code):
+                    error = f"{public_url(ep.url)}{path}: HTTP {r.status_code}"
                     slow = 0.5 if r.status_code == 429 else 1.0
                 else:
                     self.pool.release(ep, None)  # the server is fine; the request is not
                     raise InputError(
-                        f"{_public(ep.url)}{path}: HTTP {r.status_code}: {_server_message(r)}"
+                        f"{public_url(ep.url)}{path}: HTTP {r.status_code}: {_server_message(r)}"
                     )
             self.pool.release(ep, error, slow)
             last = error
@@ -282,7 +201,7 @@ class OpenAIBackend:
         if params.repetition_penalty != 1.0:
             body["repetition_penalty"] = params.repetition_penalty  # vLLM's extension
         if isinstance(chat, str):
-            return "/completions", {**body, "prompt": chat}
+            return "/completions", {**body, **self._prompt(chat)}
         return "/chat/completions", {**body, "messages": chat}
 
     def generate(
@@ -341,6 +260,14 @@ class OpenAIBackend:
                 raise InputError(f"{self.tokenizer_name!r} has no chat template in its tokenizer")
         return self._tok
 
+    def _prompt(self, text: str) -> dict:
+        """A templated prompt for /v1/completions. When the template already wrote the BOS token,
+        ask the server (vLLM's ``add_special_tokens``) not to add a second one."""
+        bos = getattr(self._tok, "bos_token", None) if self._tok is not None else None
+        if bos and text.startswith(bos):
+            return {"prompt": text, "add_special_tokens": False}
+        return {"prompt": text}
+
     def render(self, chat: Chat) -> str:
         tok = self._tokenizer()
         return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
@@ -363,7 +290,7 @@ class OpenAIBackend:
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
         base = {"model": self.model, "max_tokens": 1, "temperature": 0.0}
         answers = self._run(
-            [("/completions", {**base, "prompt": t, "logprobs": TOP_LOGPROBS}) for t in texts]
+            [("/completions", {**base, **self._prompt(t), "logprobs": TOP_LOGPROBS}) for t in texts]
         )
         rows = [next_token_scores(a, choices, self.model) for a in answers]
         missing = [(i, j) for i, row in enumerate(rows) for j, v in enumerate(row) if v is None]
@@ -372,7 +299,12 @@ class OpenAIBackend:
                 [
                     (
                         "/completions",
-                        {**base, "prompt": texts[i] + choices[j], "echo": True, "logprobs": 1},
+                        {
+                            **base,
+                            **self._prompt(texts[i] + choices[j]),
+                            "echo": True,
+                            "logprobs": 1,
+                        },
                     )
                     for i, j in missing
                 ]
