@@ -352,6 +352,8 @@ def test_option_scoring_on_a_server_without_logprobs_is_a_clear_error(
         "openai",
         "--base-url",
         served.url,
+        "--out",
+        out,
     )
     assert code == 2
     assert "returns no log-probs" in err and "cannot score options" in err

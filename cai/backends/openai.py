@@ -263,10 +263,12 @@ class OpenAIBackend:
     def _prompt(self, text: str) -> dict:
         """A templated prompt for /v1/completions. When the template already wrote the BOS token,
         ask the server (vLLM's ``add_special_tokens``) not to add a second one."""
-        bos = getattr(self._tok, "bos_token", None) if self._tok is not None else None
-        if bos and text.startswith(bos):
-            return {"prompt": text, "add_special_tokens": False}
-        return {"prompt": text}
+        tok = self._tok
+        if tok is None or not tok.bos_token or not text.startswith(tok.bos_token):
+            return {"prompt": text}
+        if tok("a")["input_ids"] == tok("a", add_special_tokens=False)["input_ids"]:
+            return {"prompt": text}  # this tokenizer adds no BOS of its own
+        return {"prompt": text, "add_special_tokens": False}
 
     def render(self, chat: Chat) -> str:
         tok = self._tokenizer()
