@@ -60,6 +60,72 @@ PromptsOpt = Annotated[str, typer.Option(help=".jsonl/.csv/.parquet/.txt, or red
 ConstitutionOpt = Annotated[
     str, typer.Option(help="constitution YAML, or a shipped name: harmless, helpful-harmless, ...")
 ]
+BackendOpt = Annotated[
+    str, typer.Option(help="auto | hf | vllm | openai (OpenAI-compatible servers, --base-url)")
+]
+BaseUrlOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--base-url",
+        help="openai: a server's base URL such as http://host:8000/v1; repeat for many servers",
+    ),
+]
+ApiKeyEnvOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="openai: the environment variable holding the API key (default: OPENAI_API_KEY "
+        "when it is set); the key itself is never written anywhere"
+    ),
+]
+ConcurrencyOpt = Annotated[int, typer.Option(help="openai: requests in flight per server at most")]
+RetryForOpt = Annotated[
+    float,
+    typer.Option(help="openai: stop (exit 3, resumable) after this many seconds with no answer"),
+]
+
+
+def resolve_for(backend: str, model: str):
+    """The model a stage records: for ``openai`` the name the servers use, else resolved locally."""
+    from .models import ResolvedModel, resolve_model
+
+    if backend != "openai":
+        return resolve_model(model)
+    if model == "default":
+        raise InputError(
+            "--backend openai: give --model as the servers name it (the name `vllm serve` was "
+            "given, or its --served-model-name)"
+        )
+    return ResolvedModel(model, model)
+
+
+def engine_options(
+    backend: str,
+    *,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    base_url: list[str] | None = None,
+    api_key_env: str | None = None,
+    concurrency: int = 8,
+    retry_for: float = 300.0,
+) -> dict:
+    """Keyword arguments of ``make_backend`` for the chosen engine."""
+    import os
+
+    options: dict = {"chunk_size": chunk_size} if chunk_size else {}
+    if backend == "hf" and batch_size:
+        options["max_batch_size"] = batch_size
+    if backend == "openai":
+        if api_key_env is None and os.environ.get("OPENAI_API_KEY"):
+            api_key_env = "OPENAI_API_KEY"
+        options.update(
+            base_urls=list(base_url or []),
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            retry_for=retry_for,
+        )
+    elif base_url:
+        raise InputError(f"--base-url is for --backend openai (the backend is {backend})")
+    return options
 
 
 def _err(text: str) -> None:

@@ -9,8 +9,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ConstitutionOpt, ModelOpt, PromptsOpt, _err, _Progress, _versions, generate_app
-from .errors import InputError
+from .cli import (
+    ApiKeyEnvOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    ConstitutionOpt,
+    ModelOpt,
+    PromptsOpt,
+    RetryForOpt,
+    _err,
+    _Progress,
+    _versions,
+    engine_options,
+    generate_app,
+    resolve_for,
+)
+from .errors import BackendUnavailable, InputError
 
 
 @generate_app.command("critiques")
@@ -28,7 +43,11 @@ def generate_critiques(
     seed: Annotated[int, typer.Option(help="seeds principle draws and sampling")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="only the first N prompts")] = None,
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/critiques"),
-    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    backend: BackendOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retry_for: RetryForOpt = 300.0,
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
     chunk_size: Annotated[
         Optional[int],
@@ -44,7 +63,6 @@ def generate_critiques(
     from .backends import Sampling, make_backend, pick_backend
     from .constitution import load_constitution
     from .inputs import load_prompts
-    from .models import resolve_model
     from .stages.critique import CritiqueSettings, critique_revise, plan
     from .store import RunDir
 
@@ -59,6 +77,15 @@ def generate_critiques(
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be at least 1 (got {limit})")
     chosen_backend = pick_backend(backend)
+    options = engine_options(
+        chosen_backend,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        retry_for=retry_for,
+    )
     cons = load_constitution(constitution)
     items = load_prompts(prompts, limit)
     sampling = Sampling(
@@ -93,15 +120,12 @@ def generate_critiques(
         if len(items) > 5:
             typer.echo(f"  ... and {len(items) - 5} more")
         return
-    resolved = resolve_model(model)
+    resolved = resolve_for(chosen_backend, model)
     settings = CritiqueSettings(model=resolved.label, rounds=rounds, sampling=sampling, seed=seed)
     manifest_settings = {"stage": "critiques", **settings.as_dict(), "constitution_hash": cons.hash}
     with RunDir(out) as run:
         run.check_settings(manifest_settings)
         t0 = time.perf_counter()
-        options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
-        if chunk_size:
-            options["chunk_size"] = chunk_size
         engine = make_backend(chosen_backend, model, **options)
         load_s = time.perf_counter() - t0
         manifest = {
@@ -126,6 +150,13 @@ def generate_critiques(
                 "run the same command again to resume"
             )
             raise typer.Exit(130) from None
+        except BackendUnavailable as err:
+            progress.stop()
+            done = sum(1 for _ in run.log("steps.jsonl").read())
+            raise BackendUnavailable(
+                f"{err}; {done} finished model call(s) are kept in {out}; "
+                "run the same command again when a server is back"
+            ) from None
         progress.stop()
         summary["model_load_seconds"] = round(load_s, 3)
         manifest.update(
@@ -135,6 +166,8 @@ def generate_critiques(
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )
+        if hasattr(engine, "stats"):
+            manifest["servers"] = engine.stats()
         run.write_manifest(manifest)
     typer.echo(
         f"done: {summary['records']} prompts ({summary['resumed_from']} already done), "
@@ -190,14 +223,17 @@ def generate_preferences(
     seed: Annotated[int, typer.Option(help="seeds principle draws and sampling")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="only the first N prompts or pairs")] = None,
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/preferences"),
-    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    backend: BackendOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retry_for: RetryForOpt = 300.0,
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
 ) -> None:
     """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""
     from .backends import Sampling, make_backend, pick_backend
     from .constitution import load_constitution
     from .inputs import load_pairs, load_prompts
-    from .models import resolve_model
     from .stages.preferences import LabelSettings, Pair, judge_pairs, policy_samples, sample_pairs
     from .store import RunDir, key
 
@@ -211,6 +247,14 @@ def generate_preferences(
         raise InputError(f"--min-margin must be in [0, 1] (got {min_margin})")
     bounds = _clamp(clamp) or ((0.4, 0.6) if cot else None)
     chosen_backend = pick_backend(backend)
+    options = engine_options(
+        chosen_backend,
+        batch_size=batch_size,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        retry_for=retry_for,
+    )
     cons = load_constitution(constitution)
     if pairs is not None:
         rows = load_pairs(pairs)[:limit]
@@ -218,8 +262,8 @@ def generate_preferences(
         items = []
     else:
         items = load_prompts(prompts, limit)
-    judge = resolve_model(feedback)
-    policy_model = None if pairs else resolve_model(policy)
+    judge = resolve_for(chosen_backend, feedback)
+    policy_model = None if pairs else resolve_for(chosen_backend, policy)
     settings = LabelSettings(
         feedback=judge.label,
         ensemble=ensemble,
@@ -239,7 +283,6 @@ def generate_preferences(
         "samples": None if pairs else samples,
         "sampling": None if pairs else sampling.as_dict(),
     }
-    options = {"max_batch_size": batch_size} if chosen_backend == "hf" else {}
     with RunDir(out) as run:
         run.check_settings(run_settings)
         judge_engine = make_backend(chosen_backend, feedback, **options)
@@ -277,6 +320,11 @@ def generate_preferences(
                 "run the same command again to resume"
             )
             raise typer.Exit(130) from None
+        except BackendUnavailable as err:
+            raise BackendUnavailable(
+                f"{err}; finished samples and labels are kept in {out}; "
+                "run the same command again when a server is back"
+            ) from None
         manifest.update(
             {
                 "status": "complete",
@@ -284,6 +332,8 @@ def generate_preferences(
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
         )
+        if hasattr(judge_engine, "stats"):
+            manifest["servers"] = judge_engine.stats()
         run.write_manifest(manifest)
     typer.echo(
         f"done: {summary['labelled']} of {summary['pairs']} pairs labelled, "

@@ -8,7 +8,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ConstitutionOpt, ModelOpt, PromptsOpt, _err, data_app, eval_app, train_app
+from .cli import (
+    ApiKeyEnvOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
+    ConstitutionOpt,
+    ModelOpt,
+    PromptsOpt,
+    RetryForOpt,
+    _err,
+    data_app,
+    engine_options,
+    eval_app,
+    train_app,
+)
 from .errors import InputError
 
 
@@ -18,7 +32,11 @@ def eval_labeler(
     model: Annotated[str, typer.Option(help="the feedback model to measure")] = "default",
     constitution: ConstitutionOpt = "harmless",
     limit: Annotated[Optional[int], typer.Option(help="only the first N items")] = None,
-    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    backend: BackendOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retry_for: RetryForOpt = 300.0,
     out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
 ) -> None:
     """Score a feedback model against human labels: accuracy (both orders) and calibration."""
@@ -29,7 +47,15 @@ def eval_labeler(
 
     cons = load_constitution(constitution)
     load_eval(data)  # bad data fails before a model loads
-    result = evaluate_labeler(data, make_backend(pick_backend(backend), model), cons, limit)
+    chosen = pick_backend(backend)
+    options = engine_options(
+        chosen,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        retry_for=retry_for,
+    )
+    result = evaluate_labeler(data, make_backend(chosen, model, **options), cons, limit)
     text = dumps(result)
     if out:
         write_atomic(out, text + "\n")

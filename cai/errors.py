@@ -46,3 +46,17 @@ class InputError(CaiError):
 
 class RunLockedError(CaiError):
     """Another cai process is writing the same run directory."""
+
+
+class BackendUnavailable(CaiError):
+    """No server answered for too long (exit code 3: try again later; the run resumes).
+
+    ``done`` maps the index of each request of the failed call that did finish to its result, so
+    a stage can keep them before it stops.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, done: dict | None = None):
+        super().__init__(message)
+        self.done = done or {}

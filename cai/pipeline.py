@@ -190,6 +190,9 @@ def stage_argv(stage: str, options: dict[str, Any]) -> list[str]:
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
             args += [flag] if v else []
+        elif isinstance(v, list):  # a repeatable option: --base-url A --base-url B
+            for item in v:
+                args += [flag, str(item)]
         elif v is not None:
             args += [flag, str(v)]
     return args

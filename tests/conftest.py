@@ -76,9 +76,10 @@ def cli(capsys):
     return run
 
 
-def cai_subprocess(*args: str, **kwargs) -> subprocess.Popen:
-    """Start ``python -m cai ARGS`` as a real process (for kill, Ctrl-C and lock tests)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def cai_subprocess(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """Start ``python -m cai ARGS`` as a real process (for kill, Ctrl-C and lock tests);
+    ``env`` adds to this process's environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "cai", *map(str, args)],
         cwd=ROOT,

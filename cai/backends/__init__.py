@@ -9,7 +9,8 @@ Every engine takes the whole batch in one call and schedules it itself::
 ``generate`` returns, for each chat, ``params.n`` completions. ``choice_logprobs`` returns, for
 each prompt, the log-probability of each choice string as the next tokens (one forward pass, no
 sampling) and is how preference labels are made. Heavy imports (torch, vllm) happen inside the
-engine modules, so importing this package is cheap.
+engine modules, so importing this package is cheap. ``openai`` drives OpenAI-compatible servers
+(``vllm serve`` replicas), see :mod:`cai.backends.openai`.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Backend(Protocol):
         ...
 
 
-BACKENDS = ("auto", "hf", "vllm")
+BACKENDS = ("auto", "hf", "vllm", "openai")
 
 
 def pick_backend(name: str) -> str:
@@ -89,11 +90,18 @@ def pick_backend(name: str) -> str:
 
 
 def make_backend(name: str, model: str, **options) -> Backend:
-    """Load ``model`` on the engine ``name`` (auto | hf | vllm)."""
+    """Load ``model`` on the engine ``name`` (auto | hf | vllm | openai).
+
+    For ``openai`` the model is the name the servers know it by; nothing is loaded here.
+    """
     from ..models import resolve_model
 
-    resolved = resolve_model(model)
     chosen = pick_backend(name)
+    if chosen == "openai":
+        from .openai import OpenAIBackend
+
+        return OpenAIBackend(model, **options)
+    resolved = resolve_model(model)
     if chosen == "hf":
         from .hf import HFBackend
 

@@ -7,7 +7,8 @@ latest answer only (earlier rounds are not repeated: they would crowd a small mo
 
 All prompts of a step go to the backend as one call, a chunk of prompts at a time. Every model
 call's result is appended to ``steps.jsonl`` as soon as its batch finishes, and a prompt's full
-chain to ``critiques.jsonl`` when its last round is done; a rerun skips what is there. An empty
+chain to ``critiques.jsonl`` when its last round is done; a rerun skips what is there. When the
+openai engine's servers stop answering, the calls of the batch that did finish are kept. An empty
 revision keeps the previous answer and is marked; the SFT export uses the last non-empty answer.
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 from ..backends import Backend, Chat, Sampling
 from ..constitution import Constitution, CritiqueExample, Principle
+from ..errors import BackendUnavailable
 from ..inputs import PromptItem
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
@@ -176,11 +178,27 @@ def _run_step(
     if not todo:
         return 0
     progress = reporter.advance if reporter else None
-    outs = backend.generate(
-        [chats[i] for i in todo], _step_sampling(settings, chunk, step, rnd), progress
-    )
+    try:
+        outs = dict(
+            enumerate(
+                backend.generate(
+                    [chats[i] for i in todo], _step_sampling(settings, chunk, step, rnd), progress
+                )
+            )
+        )
+    except BackendUnavailable as err:  # keep the calls that did finish, then stop
+        steps_log.append(_step_records(units, todo, err.done, step, rnd, principles))
+        raise
+    new = _step_records(units, todo, outs, step, rnd, principles)
+    steps_log.append(new)
+    return sum(r["tokens"] for r in new)
+
+
+def _step_records(units, todo, outs, step, rnd, principles) -> list[dict]:
+    """Records of the finished calls; ``outs`` maps a position in ``todo`` to completions."""
     new = []
-    for i, comps in zip(todo, outs):
+    for pos, comps in sorted(outs.items()):
+        i = todo[pos]
         c = comps[0]
         rec = {
             "key": key(units[i].key, step, rnd),
@@ -194,8 +212,7 @@ def _run_step(
         }
         units[i].steps[(step, rnd)] = rec
         new.append(rec)
-    steps_log.append(new)
-    return sum(r["tokens"] for r in new)
+    return new
 
 
 def _record(

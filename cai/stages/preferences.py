@@ -26,6 +26,7 @@ from typing import Any
 
 from ..backends import Backend, Chat, Sampling
 from ..constitution import Constitution, Principle
+from ..errors import BackendUnavailable
 from ..inputs import PromptItem
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
@@ -157,23 +158,32 @@ def policy_samples(
             sampling.seed + c0,
             sampling.repetition_penalty,
         )
-        outs = policy.generate(
-            [it.chat for it, _ in chunk], params, reporter.advance if reporter else None
-        )
-        recs = [
-            {
-                "key": kk,
-                "id": it.id,
-                "prompt": it.chat,
-                "model": policy.model_label,
-                "samples": [c.text for c in comps],
-                "finish_reasons": [c.finish_reason for c in comps],
-            }
-            for (it, kk), comps in zip(chunk, outs)
-        ]
+        try:
+            outs = policy.generate(
+                [it.chat for it, _ in chunk], params, reporter.advance if reporter else None
+            )
+        except BackendUnavailable as err:  # keep the prompts that did finish, then stop
+            log.append(_sample_records(chunk, err.done, policy.model_label))
+            raise
+        recs = _sample_records(chunk, dict(enumerate(outs)), policy.model_label)
         log.append(recs)
         have.update({r["key"]: r["samples"] for r in recs})
     return have, keys
+
+
+def _sample_records(chunk, outs: dict, model: str) -> list[dict]:
+    return [
+        {
+            "key": kk,
+            "id": it.id,
+            "prompt": it.chat,
+            "model": model,
+            "samples": [c.text for c in outs[pos]],
+            "finish_reasons": [c.finish_reason for c in outs[pos]],
+        }
+        for pos, (it, kk) in enumerate(chunk)
+        if pos in outs
+    ]
 
 
 def _p_first(
