@@ -35,6 +35,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -315,7 +316,7 @@ def bench_machine_fraction(args) -> list[dict]:
 
 
 SCALE_CHILD = """
-import json, resource, sys, tempfile, time
+import dataclasses, json, resource, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from cai.backends import Sampling, make_backend
@@ -332,7 +333,7 @@ def rss_mb(field):
 cons = load_constitution({cons!r})
 items = load_prompts("red-team", None)
 items = (items * ({n} // len(items) + 1))[:{n}]
-items = [it.model_copy(update={{"id": f"{{it.id}}-{{i}}"}}) for i, it in enumerate(items)]
+items = [dataclasses.replace(it, id=f"{{it.id}}-{{i}}") for i, it in enumerate(items)]
 backend = make_backend("hf", "default", max_batch_size={batch})
 backend.generate([items[0].chat], Sampling(max_new_tokens=2))  # warm-up
 loaded = rss_mb("VmRSS")
@@ -361,10 +362,10 @@ def bench_scaling(args) -> list[dict]:
             batch=args.scale_prompts,
             tokens=args.scale_new_tokens,
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        ).stdout
-        row = json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"scaling run at {factor}x failed:\n{done.stderr[-3000:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
         row["factor"] = factor
         row["per_prompt"] = row["seconds"] / row["prompts"]
         row["above_model_mb"] = row["peak_mb"] - row["loaded_mb"]
@@ -529,23 +530,40 @@ def main() -> None:
         "scaling": bench_scaling,
         "engine": bench_engine,
     }
-    results = []
+    if args.only is None and args.out.exists():
+        args.out.unlink()  # a full run starts a new file (the last one is in git)
+    failed = []
     for name, fn in benches.items():
-        if args.only is None or name in args.only:
-            print(f"running {name} ...", flush=True)
+        if args.only is not None and name not in args.only:
+            continue
+        print(f"running {name} ...", flush=True)
+        try:
             rows = fn(args)
-            results += rows if isinstance(rows, list) else [rows]
-    if args.only and args.out.exists():  # keep the other benchmarks' last rows
-        names = {r["name"] for r in results}
-        old = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
-        results = [r for r in old if r["name"] not in names] + results
-    with open(args.out, "w") as f:
-        for r in results:
-            f.write(json.dumps({"machine": machine, **r}) + "\n")
+        except Exception:  # one broken benchmark must not cost the others' finished rows
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        save(args.out, [{"machine": machine, **r} for r in rows])
+    results = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
     print(f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'ratio':>8}  unit")
     for r in results:
         print(f"{r['name']:<38} {r['ours']:>10} {r['baseline']:>10} {r['ratio']:>8}  {r['unit']}")
     print(f"written to {args.out}")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)} (their earlier rows are kept)")
+
+
+def save(path: Path, rows: list[dict]) -> None:
+    """Put ``rows`` in the results file at once, replacing earlier rows of the same names and
+    keeping the rest; written to a temporary file and renamed, so a kill loses nothing."""
+    names = {r["name"] for r in rows}
+    old = []
+    if path.exists():
+        old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    kept = [r for r in old if r["name"] not in names]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept + rows))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

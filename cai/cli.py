@@ -78,6 +78,13 @@ ApiKeyEnvOpt = Annotated[
     ),
 ]
 ConcurrencyOpt = Annotated[int, typer.Option(help="openai: requests in flight per server at most")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="hf, vllm: auto | float32 | bfloat16 (hf auto: bfloat16 where the CPU computes it "
+        "natively, else float32)"
+    ),
+]
 RetryForOpt = Annotated[
     float,
     typer.Option(help="openai: stop (exit 3, resumable) after this many seconds with no answer"),
@@ -107,13 +114,22 @@ def engine_options(
     api_key_env: str | None = None,
     concurrency: int = 8,
     retry_for: float = 300.0,
+    dtype: str = "auto",
 ) -> dict:
     """Keyword arguments of ``make_backend`` for the chosen engine."""
     import os
 
+    from .backends.hf import DTYPES
+
     options: dict = {"chunk_size": chunk_size} if chunk_size else {}
     if backend == "hf" and batch_size:
         options["max_batch_size"] = batch_size
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        if backend == "openai":
+            raise InputError("--dtype is for --backend hf or vllm (the servers choose their own)")
+        options["dtype"] = dtype
     if backend == "openai":
         if api_key_env is None and os.environ.get("OPENAI_API_KEY"):
             api_key_env = "OPENAI_API_KEY"

@@ -9,7 +9,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import ConstitutionOpt, PromptsOpt, _err, _Progress, _versions, eval_app
+from .cli import (
+    ConstitutionOpt,
+    DtypeOpt,
+    PromptsOpt,
+    _err,
+    _Progress,
+    _versions,
+    engine_options,
+    eval_app,
+)
 from .errors import InputError
 
 
@@ -41,6 +50,7 @@ def eval_compare(
     ),
     backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print compare.json, no table")] = False,
     html: Annotated[Optional[Path], typer.Option(help="also write an HTML report here")] = None,
 ) -> None:
@@ -73,7 +83,7 @@ def eval_compare(
         tie_margin=tie_margin,
         resamples=resamples,
     )
-    options = {"max_batch_size": batch_size} if chosen == "hf" else {}
+    options = engine_options(chosen, batch_size=batch_size, dtype=dtype)
 
     def progress(what: str, total: int) -> _Progress:
         bar = _Progress(what)

@@ -15,6 +15,7 @@ from .cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
     ConstitutionOpt,
+    DtypeOpt,
     ModelOpt,
     PromptsOpt,
     RetryForOpt,
@@ -49,6 +50,7 @@ def generate_critiques(
     concurrency: ConcurrencyOpt = 8,
     retry_for: RetryForOpt = 300.0,
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    dtype: DtypeOpt = "auto",
     chunk_size: Annotated[
         Optional[int],
         typer.Option(
@@ -85,6 +87,7 @@ def generate_critiques(
         api_key_env=api_key_env,
         concurrency=concurrency,
         retry_for=retry_for,
+        dtype=dtype,
     )
     cons = load_constitution(constitution)
     items = load_prompts(prompts, limit)
@@ -135,6 +138,7 @@ def generate_critiques(
             "prompts": prompts,
             "model_path": resolved.path,
             "backend": engine.name,
+            "dtype": getattr(engine, "dtype", None),
             "versions": _versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -229,6 +233,7 @@ def generate_preferences(
     concurrency: ConcurrencyOpt = 8,
     retry_for: RetryForOpt = 300.0,
     batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    dtype: DtypeOpt = "auto",
 ) -> None:
     """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""
     from .backends import Sampling, make_backend, pick_backend
@@ -254,6 +259,7 @@ def generate_preferences(
         api_key_env=api_key_env,
         concurrency=concurrency,
         retry_for=retry_for,
+        dtype=dtype,
     )
     cons = load_constitution(constitution)
     if pairs is not None:
@@ -292,6 +298,7 @@ def generate_preferences(
             "constitution": cons.info(),
             "prompts": pairs or prompts,
             "backend": judge_engine.name,
+            "dtype": getattr(judge_engine, "dtype", None),
             "versions": _versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

@@ -14,6 +14,7 @@ from .cli import (
     BaseUrlOpt,
     ConcurrencyOpt,
     ConstitutionOpt,
+    DtypeOpt,
     ModelOpt,
     PromptsOpt,
     RetryForOpt,
@@ -37,6 +38,7 @@ def eval_labeler(
     api_key_env: ApiKeyEnvOpt = None,
     concurrency: ConcurrencyOpt = 8,
     retry_for: RetryForOpt = 300.0,
+    dtype: DtypeOpt = "auto",
     out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
 ) -> None:
     """Score a feedback model against human labels: accuracy (both orders) and calibration."""
@@ -54,6 +56,7 @@ def eval_labeler(
         api_key_env=api_key_env,
         concurrency=concurrency,
         retry_for=retry_for,
+        dtype=dtype,
     )
     result = evaluate_labeler(data, make_backend(chosen, model, **options), cons, limit)
     text = dumps(result)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import critique_args, read_jsonl, write_prompts
 
+from cai.backends.hf import resolve_dtype
 from cai.constitution import load_constitution
 from cai.store import RunDir
 
@@ -59,6 +60,7 @@ def test_outputs_and_records(finished_run):
     assert manifest["status"] == "complete"
     assert {"cai", "torch", "transformers", "python"} <= set(manifest["versions"])
     assert manifest["counts"]["records"] == 5
+    assert manifest["dtype"] == resolve_dtype("auto")  # what auto chose on this CPU
     assert len(read_jsonl(out / "steps.jsonl")) == 5 * (1 + 2 * 2)
 
 
@@ -192,6 +194,7 @@ BAD_RUNS = {
     "empty_prompts": (["--prompts", "EMPTY"], "no prompts (the file is empty)"),
     "missing_prompts": (["--prompts", "/nonexistent/p.jsonl"], "file not found"),
     "model_folder_without_config": (["--model", "TMPDIR"], "has no config.json"),
+    "unknown_dtype": (["--dtype", "float8"], "--dtype 'float8': choose one of auto, float32"),
 }
 
 

@@ -138,3 +138,39 @@ def test_dtype_auto_and_bad_dtype(tiny_model):
     assert auto.dtype == ("bfloat16" if cpu_has_bf16() else "float32")
     with pytest.raises(InputError, match="unknown dtype 'float8'"):
         make_backend("hf", tiny_model, dtype="float8")
+
+
+def test_memory_budget_cuts_batches_and_keeps_results(backend):
+    from cai.backends.hf import bytes_per_token, memory_budget_of
+
+    cfg = backend.model.config
+    kv = (
+        2
+        * cfg.num_hidden_layers
+        * cfg.num_key_value_heads
+        * (cfg.hidden_size // cfg.num_attention_heads)
+        * 4
+    )
+    assert bytes_per_token(cfg, 4) == kv + (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * 4
+    assert memory_budget_of(None) == 4 << 30 and memory_budget_of(8 << 30) == 4 << 30
+    assert memory_budget_of(1 << 20) == 256 << 20  # a floor, never a zero budget
+    # the prefix is copied into every row, so it counts once per row
+    assert backend.batch_bytes(2, 10, 100) == 2 * backend.batch_bytes(1, 10, 100)
+    assert backend.batch_bytes(1, 10, 100) > backend.batch_bytes(1, 10, 0)
+    params = Sampling(max_new_tokens=8)
+    wide = backend.generate(chats(6), params)
+    lengths = [40, 39, 38, 20, 19, 18]
+    assert [len(b) for b in backend._batches(lengths, 8)] == [3, 3]  # max_batch_size=3
+    saved = backend.memory_budget
+    try:
+        for budget, copies in ((backend.batch_bytes(1, 48), 1), (backend.batch_bytes(2, 48), 2)):
+            backend.memory_budget = budget  # room for one row (or one prompt) of the widest
+            batches = backend._batches(lengths, 8, copies=copies)
+            assert [len(b) for b in batches[:3]] == [1, 1, 1]
+            assert sorted(i for b in batches for i in b) == list(range(6))
+            for b in batches:
+                assert backend.batch_bytes(len(b) * copies, lengths[b[0]] + 8) <= budget
+        narrow = backend.generate(chats(6), params)
+    finally:
+        backend.memory_budget = saved
+    assert [c[0].text for c in narrow] == [c[0].text for c in wide]

@@ -1,9 +1,9 @@
 """transformers engine: the CPU default.
 
-Handles: chat templating, length-sorted left-padded batches under a token budget, greedy or
-sampled decoding with ``n`` samples per chat, stop at the tokenizer's end-of-turn token, and
-option log-probs from one forward pass. Does not handle: tensor parallelism or paged attention
-(use the vllm engine on a GPU).
+Handles: chat templating, length-sorted left-padded batches sized to the memory available,
+greedy or sampled decoding with ``n`` samples per chat, stop at the tokenizer's end-of-turn
+token, a shared-prefix KV cache, and option log-probs from one forward pass. Does not handle:
+tensor parallelism or paged attention (use the vllm engine on a GPU).
 """
 
 from __future__ import annotations
@@ -61,6 +61,40 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if cpu_has_bf16() else "float32"
 
 
+def mem_available() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def bytes_per_token(config, itemsize: int) -> int:
+    """Memory one token of one row holds during a forward pass: its keys and values in every
+    layer, plus the widest activations of a layer (hidden states, q/k/v/o, the MLP's two
+    intermediate tensors and their product), counted in fp32 to be safe."""
+    text = getattr(config, "text_config", None) or config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    inter = getattr(text, "intermediate_size", None) or 4 * hidden
+    kv = 2 * text.num_hidden_layers * kv_heads * head_dim * itemsize
+    return kv + (6 * hidden + 3 * inter) * 4
+
+
+def memory_budget_of(available: int | None, share: float = 0.5) -> int:
+    """Bytes one batch may use: ``share`` of the memory available now (after the weights are
+    loaded), at least 256 MiB; 4 GiB when the available memory is unknown."""
+    if not available:
+        return 4 << 30
+    return max(256 << 20, int(share * available))
+
+
 class HFBackend:
     name = "hf"
 
@@ -70,7 +104,7 @@ class HFBackend:
         *,
         dtype: str = "auto",
         max_batch_size: int = 32,
-        token_budget: int = 32768,
+        memory_budget: int | None = None,
         chunk_size: int = 64,
         threads: int | None = None,
         prefix_cache: bool = True,
@@ -86,7 +120,6 @@ class HFBackend:
         self.torch = torch
         self.model_label = model.label
         self.max_batch_size = max_batch_size
-        self.token_budget = token_budget
         self.chunk_size = chunk_size
         self.prefix_cache = prefix_cache
         self.min_prefix = min_prefix
@@ -102,6 +135,12 @@ class HFBackend:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"cannot load model {model.path!r}: {first}") from None
         self.model.eval()
+        # Batches are cut to fit this many bytes: half the memory available once the weights
+        # are loaded, unless given.
+        self.memory_budget = memory_budget or memory_budget_of(mem_available())
+        text = getattr(self.model.config, "text_config", None) or self.model.config
+        self._heads = text.num_attention_heads
+        self._per_token = bytes_per_token(self.model.config, getattr(torch, self.dtype).itemsize)
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
@@ -127,16 +166,27 @@ class HFBackend:
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]
 
-    def _batches(self, lengths: list[int], per_row: int) -> list[list[int]]:
-        """Indices sorted longest first, cut into batches under the size and token budgets."""
+    def batch_bytes(self, rows: int, tail: int, shared: int = 0) -> int:
+        """Peak memory of a forward pass over ``rows`` rows of ``tail`` own tokens after a
+        ``shared`` prefix: every row's keys, values and activations for all its tokens (each row
+        holds its own copy of the prefix), plus one layer's attention scores for the tail."""
+        total = shared + tail
+        return rows * (total * self._per_token + self._heads * tail * total * 4)
+
+    def _batches(
+        self, lengths: list[int], per_row: int, shared: int = 0, copies: int = 1
+    ) -> list[list[int]]:
+        """Indices sorted longest first, cut into batches under the batch size and the memory
+        budget (``batch_bytes`` of the batch's widest row, ``per_row`` new tokens included, each
+        index standing for ``copies`` rows: the samples of one prompt)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         for i in order:
             if batches:
                 cur = batches[-1]
                 rows = len(cur) + 1
-                width = lengths[cur[0]] + per_row
-                if rows <= self.max_batch_size and rows * width <= self.token_budget:
+                fits = self.batch_bytes(rows * copies, lengths[cur[0]] + per_row, shared)
+                if rows <= self.max_batch_size and fits <= self.memory_budget:
                     cur.append(i)
                     continue
             batches.append([i])
@@ -151,7 +201,7 @@ class HFBackend:
         out: list[list[Completion]] = [[] for _ in chats]
         step = max(1, self.max_batch_size // params.n)  # rows x samples under the batch size
         for b, batch in enumerate(
-            self._batches([len(x) - shared for x in ids], params.max_new_tokens)
+            self._batches([len(x) - shared for x in ids], params.max_new_tokens, shared, params.n)
         ):
             for s in range(0, len(batch), step):
                 part = batch[s : s + step]
@@ -273,7 +323,7 @@ class HFBackend:
             shared = 0
         out: list = [None] * len(rows)
         pad = self.tok.pad_token_id
-        for batch in self._batches([len(r) - shared for r in rows], 0):
+        for batch in self._batches([len(r) - shared for r in rows], 0, shared):
             tails = [rows[i][shared:] for i in batch]
             width = max(len(t) for t in tails)
             prefix = rows[batch[0]][:shared]
