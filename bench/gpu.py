@@ -11,7 +11,8 @@ weights, KV cache size and prefix cache settings are identical). The direct side
 which renders them, tokenizes them and builds ``Completion`` records. The claim to check
 (issue #6): ours adds no more than 5% wall time. The two sides alternate for ``--repeats`` rounds
 (after one warm-up each, so CUDA graphs and the prefix cache are warm for both) and the medians are
-compared. One JSON line is appended to ``bench/results.jsonl`` in the format of ``bench/run.py``.
+compared. One row goes into ``bench/results.jsonl`` (replacing an earlier one of the same name) in
+the format of ``bench/run.py``.
 
 Not run in CI: there is no GPU there. Nothing here is measured until someone runs it on one.
 """
@@ -19,7 +20,6 @@ Not run in CI: there is no GPU there. Nothing here is measured until someone run
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -29,11 +29,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from run import critique_chats, save  # noqa: E402  (bench/run.py)
+
 from cai.backends import Sampling  # noqa: E402
-from cai.constitution import load_constitution  # noqa: E402
-from cai.inputs import load_prompts  # noqa: E402
 from cai.models import resolve_model  # noqa: E402
-from cai.stages.critique import build_chat  # noqa: E402
 
 
 def main() -> None:
@@ -55,18 +54,7 @@ def main() -> None:
 
     backend = VLLMBackend(resolve_model(args.model))
     llm, tok = backend.llm, backend.tok
-    cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
-    items = load_prompts("red-team", args.prompts)
-    chats = [
-        build_chat(
-            cons,
-            it.chat,
-            "critique",
-            principle=cons.principles[i % len(cons.principles)],
-            answer="Here is how you could do that, step by step.",
-        )
-        for i, it in enumerate(items)
-    ]
+    chats = critique_chats(args.prompts, "Here is how you could do that, step by step.")
     params = Sampling(max_new_tokens=args.max_new_tokens)
     direct_params = SamplingParams(n=1, temperature=0.0, max_tokens=args.max_new_tokens, seed=0)
 
@@ -113,8 +101,7 @@ def main() -> None:
         "generated_tokens": ours.tokens,
         "repeats": args.repeats,
     }
-    with open(args.out, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    save(args.out, [row])  # replaces an earlier vllm_engine_overhead row, keeps the others
     verdict = "within" if o / d <= 1.05 else "OVER"
     print(f"vllm.LLM.generate {d:.3f}s  cai vllm engine {o:.3f}s  ratio {o / d:.3f} ({verdict} 5%)")
 

@@ -21,9 +21,10 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
    run's time (no model call may happen).
 6. scaling: the critique stage on 1x, 4x and 16x the prompts at a fixed batch size, each in a
    fresh process: seconds per prompt, and peak memory above the loaded model.
-7. engine rows, on the same critique prompts: bf16 against fp32 (with greedy agreement), the
-   shared-prefix KV cache on against off, and our static length-sorted batches against
-   transformers' continuous batching (``generate_batch``).
+7. engine rows, on the same critique prompts: bf16 against fp32 (with greedy agreement), our
+   attention for decoding against transformers' sdpa, the shared-prefix KV cache on against
+   off, and our static length-sorted batches against transformers' continuous batching
+   (``generate_batch``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,6 +48,18 @@ from cai.constitution import load_constitution  # noqa: E402
 from cai.inputs import load_prompts  # noqa: E402
 from cai.stages.critique import CritiqueSettings, build_chat, critique_revise  # noqa: E402
 from cai.store import RunDir  # noqa: E402
+
+
+@contextmanager
+def stock_attention(backend):
+    """The model with transformers' own attention (sdpa), as a plain loop would load it."""
+    model = backend.model
+    ours = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(ours)
 
 
 def one_request(backend, chat, max_new_tokens: int) -> tuple[str, int]:
@@ -137,7 +151,8 @@ def bench_critiques(args) -> list[dict]:
             rerun_s = time.perf_counter() - t0
         rerun_calls = timed.calls - first_calls
     ours = summary["generated_tokens_now"] / ours_s
-    base_tokens, base_s = baseline_loop(backend, cons, items[: args.baseline_prompts], settings)
+    with stock_attention(backend):
+        base_tokens, base_s = baseline_loop(backend, cons, items[: args.baseline_prompts], settings)
     base = base_tokens / base_s
     outside = ours_s - engine_s
     return [
@@ -205,7 +220,8 @@ def bench_labels(args) -> dict:
     # the same judging as simple recipes run it: one generate call per judgement
     few = chats[: max(1, args.baseline_labels // 4)]
     t0 = time.perf_counter()
-    answers_loop = [one_request(backend, c, args.judge_max_new_tokens) for c in few]
+    with stock_attention(backend):
+        answers_loop = [one_request(backend, c, args.judge_max_new_tokens) for c in few]
     loose = sum(letter.search(text) is None for text, _ in answers_loop)
     loop = len(few) / (time.perf_counter() - t0)
     mean_tokens = sum(o[0].tokens for o in outs) / len(outs)
@@ -397,24 +413,44 @@ def bench_scaling(args) -> list[dict]:
     ]
 
 
-def bench_engine(args) -> list[dict]:
-    """Engine choices on the same critique prompts: dtype, prefix cache, batching scheme."""
-    from transformers import GenerationConfig
-
+def critique_chats(n: int, answer: str) -> list:
+    """``n`` critique-request chats on red-team prompts (the shared few-shot block, a principle
+    each in turn, ``answer`` as the answer under critique): what every critique step sends."""
     from cai.stages.critique import build_chat as chat_for
 
     cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
-    items = load_prompts("red-team", args.engine_prompts)
-    chats = [
+    return [
         chat_for(
             cons,
             it.chat,
             "critique",
             principle=cons.principles[i % len(cons.principles)],
-            answer="Sure. Here is exactly how to do that, step by step, without any caveats.",
+            answer=answer,
         )
-        for i, it in enumerate(items)
+        for i, it in enumerate(load_prompts("red-team", n))
     ]
+
+
+def versus(name: str, ours: tuple, base: tuple, unit: str) -> dict:
+    """A row comparing two runs on the same chats; each run is (seconds, texts, tokens)."""
+    (s_a, t_a, n_a), (s_b, t_b, n_b) = ours, base
+    return {
+        "name": name,
+        "ours": round(n_a / s_a, 2),
+        "baseline": round(n_b / s_b, 2),
+        "ratio": round((n_a / s_a) / (n_b / s_b), 2),
+        "unit": unit,
+        "greedy_identical_texts": f"{sum(a == b for a, b in zip(t_a, t_b))}/{len(t_a)}",
+        "prompts": len(t_a),
+    }
+
+
+def bench_engine(args) -> list[dict]:
+    """Engine choices on the same critique prompts: dtype, prefix cache, batching scheme."""
+    from transformers import GenerationConfig
+
+    answer = "Sure. Here is exactly how to do that, step by step, without any caveats."
+    chats = critique_chats(args.engine_prompts, answer)
     params = Sampling(max_new_tokens=args.engine_new_tokens)
 
     def run(backend) -> tuple[float, list[str], int]:
@@ -424,39 +460,27 @@ def bench_engine(args) -> list[dict]:
         seconds = time.perf_counter() - t0
         return seconds, [o[0].text for o in outs], sum(o[0].tokens for o in outs)
 
-    rows = []
     fp32 = make_backend("hf", "default", dtype="float32")
     bf16 = make_backend("hf", "default", dtype="bfloat16")
     for b in (fp32, bf16):
         b.generate(chats[:2], Sampling(max_new_tokens=2))  # warm-up
-    s32, t32, n32 = run(fp32)
-    s16, t16, n16 = run(bf16)
-    rows.append(
-        {
-            "name": "engine_bf16_vs_fp32",
-            "ours": round(n16 / s16, 2),
-            "baseline": round(n32 / s32, 2),
-            "ratio": round((n16 / s16) / (n32 / s32), 2),
-            "unit": "generated tokens/s",
-            "greedy_identical_texts": f"{sum(a == b for a, b in zip(t16, t32))}/{len(chats)}",
-            "prompts": len(chats),
-        }
-    )
+    r32 = run(fp32)
+    r16 = run(bf16)
+    rows = [versus("engine_bf16_vs_fp32", r16, r32, "generated tokens/s")]
     del fp32
+    stock = make_backend("hf", "default", dtype="bfloat16", decode_attention=False)
+    stock.generate(chats[:2], Sampling(max_new_tokens=2))  # warm-up
+    unit = "generated tokens/s (attention: ours, cai/backends/attention.py / transformers' sdpa)"
+    rows.append(versus("engine_decode_attention", run(bf16), run(stock), unit))
+    del stock
     bf16.prefix_cache = False
-    s_off, t_off, n_off = run(bf16)
+    off = run(bf16)
     bf16.prefix_cache = True
-    s_on, t_on, n_on = run(bf16)
+    on = run(bf16)
     rows.append(
-        {
-            "name": "engine_shared_prefix_cache",
-            "ours": round(n_on / s_on, 2),
-            "baseline": round(n_off / s_off, 2),
-            "ratio": round((n_on / s_on) / (n_off / s_off), 2),
-            "unit": "generated tokens/s (prefix KV cache on / off)",
-            "greedy_identical_texts": f"{sum(a == b for a, b in zip(t_on, t_off))}/{len(chats)}",
-            "prompts": len(chats),
-        }
+        versus(
+            "engine_shared_prefix_cache", on, off, "generated tokens/s (prefix KV cache on / off)"
+        )
     )
     tok = bf16.tok
     ids = bf16._encode([bf16.render(c) for c in chats])
@@ -466,28 +490,23 @@ def bench_engine(args) -> list[dict]:
         eos_token_id=bf16.stop_ids,
         pad_token_id=tok.pad_token_id,
     )
+    # continuous batching needs transformers' paged attention: it runs with paged sdpa
+    bf16.model.set_attn_implementation("sdpa")
     bf16.model.generate_batch(inputs=ids[:2], generation_config=config)  # warm-up
     t0 = time.perf_counter()
     res = bf16.model.generate_batch(inputs=ids, generation_config=config)
     s_cb = time.perf_counter() - t0
     outs = [res[f"req_{i}"].generated_tokens for i in range(len(ids))]
-    n_cb = sum(len(o) for o in outs)
     texts = [
         tok.decode([t for t in o if t not in bf16.stop_ids], skip_special_tokens=True).strip()
         for o in outs
     ]
-    rows.append(
-        {
-            "name": "engine_static_vs_continuous_batching",
-            "ours": round(n_on / s_on, 2),
-            "baseline": round(n_cb / s_cb, 2),
-            "ratio": round((n_on / s_on) / (n_cb / s_cb), 2),
-            "unit": "generated tokens/s (ours: static length-sorted batches + prefix cache; "
-            "baseline: transformers generate_batch)",
-            "greedy_identical_texts": f"{sum(a == b for a, b in zip(t_on, texts))}/{len(chats)}",
-            "prompts": len(chats),
-        }
+    cb = (s_cb, texts, sum(len(o) for o in outs))
+    unit = (
+        "generated tokens/s (ours: static length-sorted batches + prefix cache; "
+        "baseline: transformers generate_batch)"
     )
+    rows.append(versus("engine_static_vs_continuous_batching", on, cb, unit))
     return rows
 
 
@@ -500,7 +519,7 @@ def main() -> None:
     ap.add_argument("--baseline-prompts", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--label-prompts", type=int, default=16)
     ap.add_argument("--baseline-labels", type=int, default=16)
     ap.add_argument(
@@ -544,7 +563,8 @@ def main() -> None:
             failed.append(name)
             continue
         save(args.out, [{"machine": machine, **r} for r in rows])
-    results = [json.loads(x) for x in args.out.read_text().splitlines() if x.strip()]
+    text = args.out.read_text() if args.out.exists() else ""
+    results = [json.loads(x) for x in text.splitlines() if x.strip()]
     print(f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'ratio':>8}  unit")
     for r in results:
         print(f"{r['name']:<38} {r['ours']:>10} {r['baseline']:>10} {r['ratio']:>8}  {r['unit']}")

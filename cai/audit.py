@@ -148,7 +148,7 @@ class PairItem:
 class StageRun:
     name: str  # the folder, relative to RUN_DIR ("." for RUN_DIR itself)
     path: Path
-    kind: str  # "critiques" | "preferences"
+    kind: str  # "critiques" | "preferences" | "compare" (``cai eval compare``; no items)
     manifest: dict[str, Any] | None
     items: list[Chain] | list[PairItem]
 
@@ -171,13 +171,18 @@ def load(run_dir: str | Path) -> list[StageRun]:
     found = []
     for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
         name = "." if d == root else d.name
-        if (d / "critiques.jsonl").is_file():
+        manifest = _manifest(d)
+        stage = ((manifest or {}).get("settings") or {}).get("stage")
+        if stage == "compare" or (d / "compare.json").is_file():  # its labels.jsonl is a cache
+            found.append(StageRun(name, d, "compare", manifest, []))
+        elif (d / "critiques.jsonl").is_file():
             found.append(StageRun(name, d, "critiques", _manifest(d), load_chains(d, name)))
         elif (d / "labels.jsonl").is_file():
             found.append(StageRun(name, d, "preferences", _manifest(d), load_pairs(d, name)))
     if not found:
         raise InputError(
-            f"{root}: not a cai run (no critiques.jsonl or labels.jsonl in it or its stage folders)"
+            f"{root}: not a cai run (no critiques.jsonl, labels.jsonl or compare.json in it or its "
+            "stage folders)"
         )
     return found
 
@@ -381,8 +386,17 @@ def preference_summary(pairs: list[PairItem]) -> dict[str, Any]:
 
 
 def summary(stage: StageRun) -> dict[str, Any]:
+    """The stage's summary; for a comparison, its ``compare.json`` ({} while it still runs)."""
     if stage.kind == "critiques":
         return critique_summary(stage.items)
+    if stage.kind == "compare":
+        path = stage.path / "compare.json"
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError(f"{path}: not valid JSON") from None
     return preference_summary(stage.items)
 
 

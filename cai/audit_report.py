@@ -10,6 +10,7 @@ from typing import Any
 
 from .audit import Chain, PairItem, StageRun, summary
 from .report import Report, esc, figure
+from .stages.compare_html import compare_section
 from .textdiff import change, render, word_diff
 
 BLUE, ORANGE, GREY = "#3b6ea8", "#d9822b", "#888888"
@@ -300,6 +301,14 @@ def build(run_dir: str, stages: list[StageRun], selected: list, filters_text: st
     page = Report(f"cai audit: {run_dir}")
     for st in stages:
         where = "" if st.name == "." else f" ({st.name})"
+        if st.kind == "compare":
+            result = summary(st)
+            if result:
+                compare_section(page, result, f"Model comparison{where}")
+            else:
+                page.heading(f"Model comparison{where}")
+                page.paragraph("no compare.json yet (still running?)", note=True)
+            continue
         page.heading(f"{'Critiques' if st.kind == 'critiques' else 'Preference labels'}{where}")
         m = st.manifest or {}
         settings = m.get("settings") or {}
@@ -319,6 +328,8 @@ def build(run_dir: str, stages: list[StageRun], selected: list, filters_text: st
         figs = critique_figures(st, s) if st.kind == "critiques" else preference_figures(st, s)
         if figs:
             page.figures(figs)
+    if all(st.kind == "compare" for st in stages):
+        return page
     page.heading("Chains and pairs")
     if filters_text:
         page.paragraph(f"selected by {filters_text}: {len(selected)}", note=True)

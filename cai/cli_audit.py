@@ -73,6 +73,16 @@ def _print_critiques(con, name: str, s: dict[str, Any]) -> None:
     )
 
 
+def _print_compare(con, name: str, s: dict[str, Any]) -> None:
+    if not s:
+        _lines(con, "model comparison", name, ["no compare.json yet (still running?)"])
+        return
+    from .cli_eval import print_tables
+
+    _lines(con, "model comparison", name, [f"{s['prompts']} prompts, baseline {s['baseline']}"])
+    print_tables(s, con)
+
+
 def _print_preferences(con, name: str, s: dict[str, Any]) -> None:
     skipped = ", ".join(f"{n} {k}" for k, n in s["skipped"].items()) or "none"
     flags = ", ".join(f"{n} {k}" for k, n in s["flags"].items()) or "none"
@@ -298,6 +308,9 @@ def audit_cmd(
         for st in stages:
             s = summary(st)
             where = str(st.path)
-            (_print_critiques if st.kind == "critiques" else _print_preferences)(con, where, s)
+            if st.kind == "compare":
+                _print_compare(con, where, s)
+            else:
+                (_print_critiques if st.kind == "critiques" else _print_preferences)(con, where, s)
     if html is not None:
         typer.echo(f"report: {path}", err=as_json)

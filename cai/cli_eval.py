@@ -49,7 +49,9 @@ def eval_compare(
         "runs/compare"
     ),
     backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="hf: rows per forward pass at most (fewer if memory is short)")
+    ] = 64,
     dtype: DtypeOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print compare.json, no table")] = False,
     html: Annotated[Optional[Path], typer.Option(help="also write an HTML report here")] = None,
@@ -138,7 +140,7 @@ def _rate(s: dict | None) -> str:
     return f"{s['win_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
 
 
-def print_tables(result: dict) -> None:
+def print_tables(result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -158,7 +160,7 @@ def print_tables(result: dict) -> None:
             f"{me['refusal_share']:.2f} vs {them['refusal_share']:.2f}",
             f"{me['elo']:.0f} [{me['elo_ci95'][0]:.0f}, {me['elo_ci95'][1]:.0f}]" if elo else "",
         )
-    console = Console()
+    console = console or Console()
     console.print(t)
     vs_base = [p for p in result["pairs"] if p["opponent"] == result["baseline"]]
     principles = sorted({pid for p in vs_base for pid in p["per_principle"]})

@@ -49,7 +49,9 @@ def generate_critiques(
     api_key_env: ApiKeyEnvOpt = None,
     concurrency: ConcurrencyOpt = 8,
     retry_for: RetryForOpt = 300.0,
-    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="hf: rows per forward pass at most (fewer if memory is short)")
+    ] = 64,
     dtype: DtypeOpt = "auto",
     chunk_size: Annotated[
         Optional[int],
@@ -232,7 +234,9 @@ def generate_preferences(
     api_key_env: ApiKeyEnvOpt = None,
     concurrency: ConcurrencyOpt = 8,
     retry_for: RetryForOpt = 300.0,
-    batch_size: Annotated[int, typer.Option(help="hf: sequences per forward pass at most")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="hf: rows per forward pass at most (fewer if memory is short)")
+    ] = 64,
     dtype: DtypeOpt = "auto",
 ) -> None:
     """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""

@@ -9,8 +9,9 @@ A pipeline is YAML::
       - {stage: critiques, prompts: red-team, limit: 8}
       - {stage: sft, data: "{critiques}/sft.jsonl", max_steps: 8}
 
-Each stage is a ``cai`` command (critiques, preferences, sft, rm, dpo, rloo, grpo) whose options
-are the command's own, validated against its signature, so no option is written twice. A stage's
+Each stage is a ``cai`` command (critiques, preferences, sft, rm, dpo, rloo, grpo, online-dpo,
+and compare for ``cai eval compare``) whose options are the command's own, validated against its
+signature, so no option is written twice. A stage's
 ``out`` defaults to ``OUT/NAME`` (``name`` defaults to the stage), and ``{NAME}`` in a value is an
 earlier stage's ``out``. A finished stage leaves a marker with a hash of its options; a rerun
 skips it, and a stage whose options changed runs again (the commands resume their own work).
@@ -40,7 +41,7 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_-]+)\}")
 
 
 def commands() -> dict[str, Any]:
-    from . import cli_generate, cli_train
+    from . import cli_eval, cli_generate, cli_train
 
     return {
         "critiques": cli_generate.generate_critiques,
@@ -51,6 +52,7 @@ def commands() -> dict[str, Any]:
         "rloo": cli_train.rloo_cmd,
         "grpo": cli_train.grpo_cmd,
         "online-dpo": cli_train.online_dpo_cmd,
+        "compare": cli_eval.eval_compare,
     }
 
 
@@ -165,6 +167,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[
 
 def _substitute(opts, outs, problems, file, where: Locator, loc) -> dict[str, Any]:
     def one(k, v):
+        if isinstance(v, list):  # a repeatable option: each item on its own
+            return [one(k, x) for x in v]
         if not isinstance(v, str):
             return v
         for ref in PLACEHOLDER.findall(v):
@@ -184,7 +188,9 @@ def _substitute(opts, outs, problems, file, where: Locator, loc) -> dict[str, An
 
 def stage_argv(stage: str, options: dict[str, Any]) -> list[str]:
     """The ``cai`` command line equivalent to running ``stage`` with ``options``."""
-    group = "generate" if stage in ("critiques", "preferences") else "train"
+    group = {"critiques": "generate", "preferences": "generate", "compare": "eval"}.get(
+        stage, "train"
+    )
     args = [group, stage]
     for k, v in options.items():
         flag = "--" + k.replace("_", "-")

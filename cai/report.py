@@ -67,8 +67,9 @@ figcaption{font-size:.85em;color:#555}
 pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f9;padding:.5em .7em;margin:.3em 0;
 border-radius:4px;font:13px/1.4 ui-monospace,monospace}
 del{background:#fdd;color:#900;margin-right:.2em}ins{background:#dfd;color:#060;text-decoration:none}
-details.item{border:1px solid #e3e6ea;border-radius:5px;margin:.4em 0;padding:.3em .7em}
-details.item summary{cursor:pointer}
+details.item,details.example{border:1px solid #e3e6ea;border-radius:5px;margin:.4em 0;
+padding:.3em .7em}
+details.item summary,details.example summary{cursor:pointer}
 .tag{display:inline-block;font-size:.8em;padding:0 .4em;border-radius:3px;background:#eef;
 margin-left:.3em}.tag.bad{background:#fdd}
 #search{font:inherit;padding:.3em .5em;width:24em}

@@ -91,8 +91,10 @@ def cai_subprocess(*args: str, env: dict | None = None, **kwargs) -> subprocess.
     )
 
 
-def critique_args(model, prompts, out, max_new_tokens: int = 6, *extra) -> list[str]:
-    """Arguments of a small `cai generate critiques` run (2 rounds, hf engine)."""
+def critique_args(
+    model, prompts, out, max_new_tokens: int = 6, *extra, backend: str = "hf"
+) -> list[str]:
+    """Arguments of a small `cai generate critiques` run (2 rounds, the hf engine by default)."""
     return [
         "generate",
         "critiques",
@@ -109,7 +111,7 @@ def critique_args(model, prompts, out, max_new_tokens: int = 6, *extra) -> list[
         "--out",
         str(out),
         "--backend",
-        "hf",
+        backend,
         *extra,
     ]
 

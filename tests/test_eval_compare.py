@@ -397,4 +397,14 @@ def test_the_better_model_wins(cli, marker_judge, tmp_path):
     assert people["good"]["elo"] > people["mixed"]["elo"] > people["bad"]["elo"] == 1000.0
     page = html.read_text()
     assert "&lt;b&gt;Go away&lt;/b&gt;" in page and "<b>Go away" not in page
-    assert "<svg" in page and "http" not in page.replace("http-equiv", "")
+    assert "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+    # the same results in `cai audit`: the terminal table, and a section of its HTML report
+    code, out, err = cli("audit", tmp_path / "run")
+    assert code == 0, err
+    assert "model comparison" in out and "6/0/0" in out and "1.00 [1.00, 1.00]" in out
+    audit_html = tmp_path / "audit.html"
+    code, out, err = cli("audit", tmp_path / "run", "--html", audit_html)
+    assert code == 0, err
+    audit_page = audit_html.read_text()
+    assert "Model comparison" in audit_page and "6/0/0" in audit_page
+    assert "&lt;b&gt;Go away&lt;/b&gt;" in audit_page and "<b>Go away" not in audit_page

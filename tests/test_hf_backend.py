@@ -174,3 +174,45 @@ def test_memory_budget_cuts_batches_and_keeps_results(backend):
     finally:
         backend.memory_budget = saved
     assert [c[0].text for c in narrow] == [c[0].text for c in wide]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_cai_cpu_attention_matches_sdpa(dtype, tol):
+    """Decode (one query) and masked prefill, grouped heads, left padding: as transformers' sdpa."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from cai.backends.attention import decode_attention
+
+    torch.manual_seed(0)
+    dt = getattr(torch, dtype)
+    module = torch.nn.Module().eval()
+    module.num_key_value_groups, module.is_causal = 3, True
+    b, kv, heads, d, length = 4, 2, 6, 16, 40
+    buf = torch.randn(2, b, kv, length + 8, d, dtype=dt)  # a cache with spare room, as ours
+    key, value = buf[0, :, :, :length], buf[1, :, :, :length]
+    pads = [0, 3, 7, 12]
+    keep = torch.ones(b, length, dtype=torch.bool)
+    for row, p in enumerate(pads):
+        keep[row, :p] = False
+    for q in (1, 9):
+        query = torch.randn(b, q, heads, d, dtype=dt).transpose(1, 2)
+        causal = torch.ones(q, length, dtype=torch.bool).tril(length - q)
+        mask = (causal[None] & keep[:, None, :])[:, None]  # [b, 1, q, L]
+        ours, _ = decode_attention(module, query, key, value, mask, scaling=d**-0.5)
+        ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=d**-0.5)
+        assert ours.shape == ref.shape == (b, q, heads, d)
+        assert (ours.float() - ref.float()).abs().max().item() < tol
+
+
+def test_decode_attention_on_and_off_give_the_same_text(tiny_model):
+    on = make_backend("hf", tiny_model, dtype="float32", max_batch_size=4)
+    off = make_backend("hf", tiny_model, dtype="float32", max_batch_size=4, decode_attention=False)
+    assert on.model.config._attn_implementation == "cai_cpu"
+    assert off.model.config._attn_implementation == "sdpa"
+    params = Sampling(max_new_tokens=12)
+    short = [[{"role": "user", "content": "hi " * (i + 1)}] for i in range(5)]  # padding, no prefix
+    for batch in (chats(6), short):
+        assert [c[0].text for c in on.generate(batch, params)] == [
+            c[0].text for c in off.generate(batch, params)
+        ]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, cai_subprocess, read_jsonl, write_prompts
+from conftest import ROOT, cai_subprocess, critique_args, read_jsonl, write_prompts
 
 KEY = "sk-cai-sentinel-5f0c2e9a"  # must never appear in any output
 
@@ -170,25 +170,7 @@ def proxies():
 
 
 def openai_args(model, prompts, out, *urls, extra=()) -> list[str]:
-    args = [
-        "generate",
-        "critiques",
-        "--constitution",
-        str(ROOT / "constitutions" / "harmless.yaml"),
-        "--prompts",
-        str(prompts),
-        "--model",
-        str(model),
-        "--rounds",
-        "2",
-        "--max-new-tokens",
-        "4",
-        "--out",
-        str(out),
-        "--backend",
-        "openai",
-        *extra,
-    ]
+    args = critique_args(model, prompts, out, 4, *extra, backend="openai")
     for u in urls:
         args += ["--base-url", u]
     return args

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,11 +97,25 @@ def test_dpo_pipeline_runs_on_tiny_models(cli, tiny_model, tmp_path):
         "dpo.max_steps=1",
         "dpo.min_margin=0.0",
         "preferences.ensemble=1",
+        f"compare.baseline={tiny_model}",
+        f"compare.judge={tiny_model}",
+        "compare.limit=2",
+        "compare.ensemble=1",
+        "compare.max_new_tokens=6",
+        "compare.resamples=50",
     ]
     args = ["run", ROOT / "pipelines" / "dpo.yaml"]
     for s in sets:
         args += ["--set", s]
     code, stdout, err = cli(*args)
     assert code == 0, err
-    assert "critiques ran, preferences ran, dpo ran" in stdout
+    assert "critiques ran, preferences ran, dpo ran, compare ran" in stdout
     assert (out / "dpo" / "model.safetensors").is_file()
+    result = json.loads((out / "compare" / "compare.json").read_text())
+    assert [c["name"] for c in result["contestants"]][1] == "dpo"
+    assert result["prompts"] == 2 and len(result["pairs"]) == 1
+    # one audit shows every stage, the comparison included
+    code, stdout, err = cli("audit", out)
+    assert code == 0, err
+    for stage in ("critiques", "preference labels", "model comparison"):
+        assert stage in stdout

@@ -103,12 +103,13 @@ class HFBackend:
         model: ResolvedModel,
         *,
         dtype: str = "auto",
-        max_batch_size: int = 32,
+        max_batch_size: int = 64,
         memory_budget: int | None = None,
         chunk_size: int = 64,
         threads: int | None = None,
         prefix_cache: bool = True,
         min_prefix: int = 32,
+        decode_attention: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,6 +136,10 @@ class HFBackend:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"cannot load model {model.path!r}: {first}") from None
         self.model.eval()
+        if decode_attention and self.model.config._attn_implementation == "sdpa":
+            from .attention import register
+
+            self.model.set_attn_implementation(register())  # decoding steps; the rest is sdpa
         # Batches are cut to fit this many bytes: half the memory available once the weights
         # are loaded, unless given.
         self.memory_budget = memory_budget or memory_budget_of(mem_available())
