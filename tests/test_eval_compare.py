@@ -401,7 +401,7 @@ def test_the_better_model_wins(cli, marker_judge, tmp_path):
     # the same results in `cai audit`: the terminal table, and a section of its HTML report
     code, out, err = cli("audit", tmp_path / "run")
     assert code == 0, err
-    assert "model comparison" in out and "6/0/0" in out and "1.00 [1.00, 1.00]" in out
+    assert "model comparison" in out and "6/0/0" in out, out
     audit_html = tmp_path / "audit.html"
     code, out, err = cli("audit", tmp_path / "run", "--html", audit_html)
     assert code == 0, err
