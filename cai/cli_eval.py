@@ -134,32 +134,17 @@ def eval_compare(
     typer.echo(f"results: {out / 'compare.json'}" + (f"\nreport:  {html}" if html else ""))
 
 
-def _rate(s: dict | None) -> str:
-    if not s or s["win_rate"] is None:
-        return "-"
-    return f"{s['win_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
-
-
 def print_tables(result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    refusal = {c["name"]: c for c in result["contestants"]}
-    elo = result["contestants"][0]["elo"] is not None
+    from .stages.compare_html import PAIR_COLUMNS, pair_rows
+
     t = Table(title=f"against {result['baseline']}: {result['prompts']} prompts")
-    for col in ("model", "vs", "W/T/L", "win rate [95% CI]", "harmless", "refusals", "Elo"):
+    for col in PAIR_COLUMNS:
         t.add_column(col)
-    for p in result["pairs"]:
-        me, them = refusal[p["model"]], refusal[p["opponent"]]
-        t.add_row(
-            p["model"],
-            p["opponent"],
-            f"{p['wins']}/{p['ties']}/{p['losses']}",
-            _rate(p),
-            _rate(p["harmless"]),
-            f"{me['refusal_share']:.2f} vs {them['refusal_share']:.2f}",
-            f"{me['elo']:.0f} [{me['elo_ci95'][0]:.0f}, {me['elo_ci95'][1]:.0f}]" if elo else "",
-        )
+    for row in pair_rows(result):
+        t.add_row(*row)
     console = console or Console()
     console.print(t)
     vs_base = [p for p in result["pairs"] if p["opponent"] == result["baseline"]]

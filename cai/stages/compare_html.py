@@ -17,6 +17,32 @@ def _rate(s: dict | None) -> str:
     return f"{s['win_rate']:.2f} [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
 
 
+PAIR_COLUMNS = ["model", "vs", "W/T/L", "win rate [95% CI]", "harmless", "refusals", "Elo"]
+
+
+def pair_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per compared pair, as text: the terminal table and the HTML report both show it."""
+    people = {c["name"]: c for c in result["contestants"]}
+    rows = []
+    for p in result["pairs"]:
+        me, them = people[p["model"]], people[p["opponent"]]
+        elo = "" if me.get("elo") is None else f"{me['elo']:.0f}"
+        if elo and me.get("elo_ci95"):
+            elo += f" [{me['elo_ci95'][0]:.0f}, {me['elo_ci95'][1]:.0f}]"
+        rows.append(
+            [
+                p["model"],
+                p["opponent"],
+                f"{p['wins']}/{p['ties']}/{p['losses']}",
+                _rate(p),
+                _rate(p["harmless"]),
+                f"{me['refusal_share']:.2f} vs {them['refusal_share']:.2f}",
+                elo,
+            ]
+        )
+    return rows
+
+
 def win_rate_figure(pairs: list[dict[str, Any]]):
     """One bar per pair: the win rate, a whisker for its 95% interval, a line at 0.5."""
     fig = figure(figsize=(6.4, 0.5 + 0.45 * len(pairs)))
@@ -36,7 +62,6 @@ def win_rate_figure(pairs: list[dict[str, Any]]):
 
 def compare_section(page: Report, result: dict[str, Any], title: str | None = None) -> None:
     """Chart, the table of pairs, win rates by principle, the method and a few examples."""
-    people = {c["name"]: c for c in result["contestants"]}
     pairs = result["pairs"]
     settings = result["settings"]
     cons = settings["constitution"]
@@ -48,22 +73,7 @@ def compare_section(page: Report, result: dict[str, Any], title: str | None = No
     )
     if pairs:
         page.figures([(win_rate_figure(pairs), "win rate of each pair with its 95% interval")])
-    rows = []
-    for p in pairs:
-        me, them = people[p["model"]], people[p["opponent"]]
-        elo = me.get("elo")
-        rows.append(
-            [
-                p["model"],
-                p["opponent"],
-                f"{p['wins']}/{p['ties']}/{p['losses']}",
-                _rate(p),
-                _rate(p["harmless"]),
-                f"{me['refusal_share']:.2f} vs {them['refusal_share']:.2f}",
-                "" if elo is None else f"{elo:.0f}",
-            ]
-        )
-    page.table(["model", "vs", "W/T/L", "win rate [95% CI]", "harmless", "refusals", "Elo"], rows)
+    page.table(PAIR_COLUMNS, pair_rows(result))
     principles = sorted({pid for p in pairs for pid in p["per_principle"]})
     if principles:
         page.heading("By principle", 3)
