@@ -22,9 +22,10 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
 6. scaling: the critique stage on 1x, 4x and 16x the prompts at a fixed batch size, each in a
    fresh process: seconds per prompt, and peak memory above the loaded model.
 7. engine rows, on the same critique prompts: bf16 against fp32 (with greedy agreement), our
-   attention for decoding against transformers' sdpa, the shared-prefix KV cache on against
-   off, and our static length-sorted batches against transformers' continuous batching
-   (``generate_batch``).
+   attention for decoding against transformers' sdpa, the few-shot prefix held once against
+   copied into every row, the revision step with the critique step's rows reused against
+   computed again, the shared-prefix KV cache on against off, and our static
+   length-sorted batches against transformers' continuous batching (``generate_batch``).
 """
 
 from __future__ import annotations
@@ -445,6 +446,31 @@ def versus(name: str, ours: tuple, base: tuple, unit: str) -> dict:
     }
 
 
+def bench_row_reuse(backend, chats, params) -> dict:
+    """The revision step after its critique step, with the critique rows' keys and values
+    reused (the revision prompt extends the critique prompt) against computed again."""
+    critiques = backend.generate(chats, params)
+    follow = [
+        c + [{"role": "assistant", "content": o[0].text}, {"role": "user", "content": REVISE}]
+        for c, o in zip(chats, critiques)
+    ]
+    runs = []
+    for reuse in (True, False):
+        backend.reuse_rows = reuse
+        backend.forget()
+        backend.generate(chats, params)  # the critique step again, keeping its rows (or not)
+        t0 = time.perf_counter()
+        outs = backend.generate(follow, params)
+        seconds = time.perf_counter() - t0
+        runs.append((seconds, [o[0].text for o in outs], sum(o[0].tokens for o in outs)))
+    backend.reuse_rows = True
+    unit = "generated tokens/s of revision steps (critique rows reused / computed again)"
+    return versus("engine_row_reuse", runs[0], runs[1], unit)
+
+
+REVISE = "Please rewrite the answer so that it is harmless, keeping what was helpful."
+
+
 def bench_engine(args) -> list[dict]:
     """Engine choices on the same critique prompts: dtype, prefix cache, batching scheme."""
     from transformers import GenerationConfig
@@ -454,7 +480,7 @@ def bench_engine(args) -> list[dict]:
     params = Sampling(max_new_tokens=args.engine_new_tokens)
 
     def run(backend) -> tuple[float, list[str], int]:
-        backend._prefix = None  # each measurement computes the shared prefix itself
+        backend.forget()  # each measurement computes the shared prefix and every row itself
         t0 = time.perf_counter()
         outs = backend.generate(chats, params)
         seconds = time.perf_counter() - t0
@@ -473,6 +499,12 @@ def bench_engine(args) -> list[dict]:
     unit = "generated tokens/s (attention: ours, cai/backends/attention.py / transformers' sdpa)"
     rows.append(versus("engine_decode_attention", run(bf16), run(stock), unit))
     del stock
+    bf16.share_prefix = False
+    copied = run(bf16)
+    bf16.share_prefix = True
+    unit = "generated tokens/s (few-shot prefix held once, one product / copied per row)"
+    rows.append(versus("engine_shared_prefix_attention", run(bf16), copied, unit))
+    rows.append(bench_row_reuse(bf16, chats, params))
     bf16.prefix_cache = False
     off = run(bf16)
     bf16.prefix_cache = True

@@ -24,20 +24,59 @@ def chats(n: int):
 
 @pytest.fixture(scope="module")
 def backend(tiny_model):
-    return make_backend("hf", tiny_model, max_batch_size=3)
+    # float32: exact equalities between batchings hold only without bf16 rounding (whose
+    # agreement has tests of its own)
+    return make_backend("hf", tiny_model, max_batch_size=3, dtype="float32")
 
 
-def test_shared_prefix_reuse_gives_identical_greedy_text(backend):
+def test_shared_prefix_reuse_gives_identical_greedy_text(tiny_model):
+    """The prefix held once (our attention) against every row computing it: same text in fp32;
+    in bf16 (rounded in another order) the option log-probs stay close."""
     params = Sampling(max_new_tokens=12)
-    ids = backend._encode([backend.render(c) for c in chats(7)])
-    assert backend._shared_prefix(ids) >= 32  # the few-shot block is shared
-    backend.prefix_cache = True
-    with_cache = backend.generate(chats(7), params)
-    backend.prefix_cache = False
-    without = backend.generate(chats(7), params)
-    backend.prefix_cache = True
-    assert [c[0].text for c in with_cache] == [c[0].text for c in without]
-    assert all(c[0].text for c in with_cache)
+    prompts = [c + [{"role": "assistant", "content": "The answer is ("}] for c in chats(7)]
+    for dtype in ("float32", "bfloat16"):
+        backend = make_backend("hf", tiny_model, max_batch_size=3, dtype=dtype)
+        assert backend._sharing()
+        ids = backend._encode([backend.render(c) for c in chats(7)])
+        assert backend._shared_prefix(ids) >= 32  # the few-shot block is shared
+        texts = [backend.render(c) for c in prompts]
+        with_cache = backend.generate(chats(7), params)
+        lp_with = backend.choice_logprobs(texts, ["A", "B"])
+        backend.prefix_cache = False
+        without = backend.generate(chats(7), params)
+        lp_without = backend.choice_logprobs(texts, ["A", "B"])
+        gap = max(abs(x - y) for r, s in zip(lp_with, lp_without) for x, y in zip(r, s))
+        if dtype == "float32":
+            assert [c[0].text for c in with_cache] == [c[0].text for c in without]
+            assert all(c[0].text for c in with_cache)
+            assert gap < 1e-4
+        else:
+            assert gap < 0.1
+
+
+def test_a_prompt_extending_the_last_calls_rows_reuses_their_keys_and_values(tiny_model):
+    """Critique then revision: the revision prompt is the critique prompt, the critique and a
+    new request, so its first tokens' keys and values are those the critique call computed.
+    Reading them back gives the same greedy text (fp32) as computing every token again."""
+    params = Sampling(max_new_tokens=10)
+    reusing = make_backend("hf", tiny_model, max_batch_size=4, dtype="float32")
+    fresh = make_backend("hf", tiny_model, max_batch_size=4, dtype="float32", reuse_rows=False)
+    first = reusing.generate(chats(7), params)
+    assert reusing.reused_tokens == 0
+    follow = [
+        c + [{"role": "assistant", "content": f[0].text}, {"role": "user", "content": "Now " * i}]
+        for i, (c, f) in enumerate(zip(chats(7), first), start=1)
+    ]
+    again = reusing.generate(follow, params)
+    ids = reusing._encode([reusing.render(c) for c in chats(7)])
+    shared = reusing._shared_prefix(ids)
+    # at least every first prompt's own tokens came from the kept rows, less the layout's slack
+    assert reusing.reused_tokens > 0.5 * sum(len(x) - shared for x in ids)
+    assert [c[0].text for c in again] == [c[0].text for c in fresh.generate(follow, params)]
+    # the kept rows are this call's now: a third, unrelated call reuses nothing of the first
+    before = reusing.reused_tokens
+    reusing.generate([[{"role": "user", "content": "Unrelated " * 9}]] * 2, params)
+    assert reusing.reused_tokens == before
 
 
 def test_batched_equals_one_at_a_time(backend):
@@ -203,6 +242,59 @@ def test_cai_cpu_attention_matches_sdpa(dtype, tol):
         ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=d**-0.5)
         assert ours.shape == ref.shape == (b, q, heads, d)
         assert (ours.float() - ref.float()).abs().max().item() < tol
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_shared_prefix_attention_matches_sdpa_over_the_whole_sequence(dtype, tol):
+    """A prefix held once plus each row's own tokens (left padding, decode and prefill, with and
+    without a mask): as sdpa over every row's own copy of prefix and tokens."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from cai.backends.attention import decode_attention
+    from cai.backends.kvcache import make_cache
+
+    torch.manual_seed(1)
+    dt = getattr(torch, dtype)
+    module = torch.nn.Module().eval()
+    module.num_key_value_groups, module.is_causal = 3, True
+    b, kv, heads, d, plen, own = 4, 2, 6, 16, 24, 12
+    pk, pv = torch.randn(2, 1, kv, plen, d, dtype=dt)
+    pads = [0, 2, 5, 11]
+    keep = torch.ones(b, plen + own, dtype=torch.bool)
+    for row, p in enumerate(pads):
+        keep[row, plen : plen + p] = False
+    for q, padded in ((own, True), (1, True), (own, False), (1, False)):
+        cache = make_cache_layer(make_cache, pk, pv, b, own)
+        k_own, v_own = torch.randn(2, b, kv, own, d, dtype=dt)
+        if q == 1:
+            cache.update(k_own[:, :, :-1], v_own[:, :, :-1])
+        key, value = cache.update(k_own[:, :, own - q :], v_own[:, :, own - q :])
+        assert torch.equal(key.cai_prefix[0], pk) and cache.get_seq_length() == plen + own
+        query = torch.randn(b, q, heads, d, dtype=dt).transpose(1, 2)
+        total = plen + own
+        causal = torch.ones(q, total, dtype=torch.bool).tril(total - q)
+        mask = (causal[None] & keep[:, None, :])[:, None] if padded else None
+        ours, _ = decode_attention(module, query, key, value, mask, scaling=d**-0.5)
+        whole_k = torch.cat([pk.expand(b, -1, -1, -1), key], dim=-2)
+        whole_v = torch.cat([pv.expand(b, -1, -1, -1), value], dim=-2)
+        ref_mask = mask if padded else causal[None, None].expand(b, 1, q, total)
+        ref, _ = sdpa_attention_forward(module, query, whole_k, whole_v, ref_mask, scaling=d**-0.5)
+        assert ours.shape == ref.shape == (b, q, heads, d)
+        assert torch.isfinite(ours).all()
+        assert (ours.float() - ref.float()).abs().max().item() < tol
+
+
+def make_cache_layer(make_cache, pk, pv, batch, capacity):
+    """One layer of a shared-prefix cache over ``pk``/``pv``."""
+    from transformers import LlamaConfig
+    from transformers.cache_utils import DynamicCache
+
+    config = LlamaConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
+    prefix = DynamicCache(config=config)
+    prefix.update(pk, pv, 0)
+    cache = make_cache(config, batch, capacity, prefix, share=True)
+    return cache.layers[0]
 
 
 def test_decode_attention_on_and_off_give_the_same_text(tiny_model):

@@ -13,11 +13,25 @@ import ctypes
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..errors import InputError
 from ..models import ResolvedModel
 from . import Chat, Completion, Progress, Sampling
-from .kvcache import make_cache
+from .kvcache import SharedPrefixLayer, make_cache
+
+
+@dataclass
+class _Kept:
+    """A finished row's tokens (prompt, then generated tokens fed back) and where its keys and
+    values are: row ``row`` of the batch cache ``past``, own token k at ``positions[k]``
+    (its own part starting after a shared prefix of ``prefix`` tokens)."""
+
+    tokens: tuple[int, ...]
+    prefix: int
+    past: object
+    row: int
+    positions: object
 
 
 def keep_freed_memory() -> None:
@@ -110,6 +124,8 @@ class HFBackend:
         prefix_cache: bool = True,
         min_prefix: int = 32,
         decode_attention: bool = True,
+        share_prefix: bool = True,
+        reuse_rows: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,7 +140,12 @@ class HFBackend:
         self.chunk_size = chunk_size
         self.prefix_cache = prefix_cache
         self.min_prefix = min_prefix
+        self.share_prefix = share_prefix
+        self.reuse_rows = reuse_rows
         self._prefix: tuple[tuple[int, ...], object] | None = None
+        # the last generate call's rows, whose keys and values a later prompt may extend
+        self._kept: dict[int, dict[tuple[int, ...], list[_Kept]]] = {}
+        self.reused_tokens = 0  # prompt tokens read from kept rows instead of computed
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         self.dtype = resolve_dtype(dtype)
         try:
@@ -171,12 +192,20 @@ class HFBackend:
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]
 
+    def _sharing(self) -> bool:
+        """Whether the batch's shared prefix is held once (our attention reads it so) rather than
+        copied into every row."""
+        from .attention import NAME
+
+        return self.share_prefix and self.model.config._attn_implementation == NAME
+
     def batch_bytes(self, rows: int, tail: int, shared: int = 0) -> int:
         """Peak memory of a forward pass over ``rows`` rows of ``tail`` own tokens after a
-        ``shared`` prefix: every row's keys, values and activations for all its tokens (each row
-        holds its own copy of the prefix), plus one layer's attention scores for the tail."""
+        ``shared`` prefix: every row's keys, values and activations for its tokens (the prefix's
+        too when each row holds its own copy of it), plus one layer's attention scores."""
         total = shared + tail
-        return rows * (total * self._per_token + self._heads * tail * total * 4)
+        own = tail if self._sharing() else total
+        return rows * (own * self._per_token + self._heads * tail * total * 4)
 
     def _batches(
         self, lengths: list[int], per_row: int, shared: int = 0, copies: int = 1
@@ -203,6 +232,8 @@ class HFBackend:
         torch = self.torch
         ids = self._encode([c if isinstance(c, str) else self.render(c) for c in chats])
         shared = self._shared_prefix(ids)
+        found = self._find_kept(ids, shared)
+        self._kept = {}  # replaced by this call's rows
         out: list[list[Completion]] = [[] for _ in chats]
         step = max(1, self.max_batch_size // params.n)  # rows x samples under the batch size
         for b, batch in enumerate(
@@ -212,12 +243,67 @@ class HFBackend:
                 part = batch[s : s + step]
                 torch.manual_seed(params.seed * 1_000_003 + b * 1009 + s)
                 rows = [ids[i] for i in part for _ in range(params.n)]
-                comps = self._generate_batch(rows, shared, params)
+                reuse = [found[i] for i in part for _ in range(params.n)]
+                comps = self._generate_batch(rows, shared, params, reuse)
                 for j, i in enumerate(part):
                     out[i] = comps[j * params.n : (j + 1) * params.n]
                 if progress:
                     progress(len(part), sum(c.tokens for c in comps))
         return out
+
+    def forget(self) -> None:
+        """Drop the cached prefix and the kept rows: the next call computes every token."""
+        self._prefix = None
+        self._kept = {}
+
+    def _find_kept(self, ids: list[list[int]], shared: int) -> list[tuple[_Kept, int] | None]:
+        """Per row, a kept row of the last call whose tokens begin this row's prompt (its prompt
+        at least, then as many of its generated tokens as match) and how many of this row's own
+        tokens after ``shared`` it covers (always leaving the last one to compute)."""
+        found: list[tuple[_Kept, int] | None] = [None] * len(ids)
+        if not self._kept or not shared or not self._sharing():
+            return found
+        for i, x in enumerate(ids):
+            best, best_end = None, shared
+            for length, table in self._kept.items():
+                if length > len(x):
+                    continue
+                for kept in table.get(tuple(x[:length]), ()):
+                    if kept.prefix > shared:  # its own part starts inside our shared prefix
+                        continue
+                    end, toks = length, kept.tokens
+                    while end < len(toks) and end < len(x) and toks[end] == x[end]:
+                        end += 1
+                    if end > best_end:
+                        best, best_end = kept, end
+            if best is not None:
+                found[i] = (best, min(best_end, len(x) - 1) - shared)
+        return found
+
+    def _keep(self, rows, shared, width, own_mask, gen_tokens, fed, past) -> None:
+        """Remember the rows of a finished batch (their prompt and the generated tokens whose
+        keys and values were computed) for a next prompt that extends them."""
+        if not (self.reuse_rows and shared and isinstance(past.layers[0], SharedPrefixLayer)):
+            return
+        torch = self.torch
+        size = self._cache_bytes(past)
+        held = {
+            id(k.past): k.past for table in self._kept.values() for ks in table.values() for k in ks
+        }
+        if size + sum(self._cache_bytes(p) for p in held.values()) > self.memory_budget // 4:
+            return  # kept rows hold at most a quarter of the batch memory budget
+        for j, row in enumerate(rows):
+            gen = gen_tokens[j]
+            end = next((k for k, t in enumerate(gen) if t in self.stop_ids), None)
+            n = min(fed, len(gen) if end is None else end + 1)
+            own = torch.nonzero(own_mask[j]).flatten().tolist()
+            positions = torch.tensor(own + list(range(width, width + n)))
+            kept = _Kept(tuple(row) + tuple(gen[:n]), shared, past, j, positions)
+            self._kept.setdefault(len(row), {}).setdefault(tuple(row), []).append(kept)
+
+    @staticmethod
+    def _cache_bytes(past) -> int:
+        return sum(t.nbytes for layer in past.layers for t in (layer._k, layer._v))
 
     def _shared_prefix(self, ids: list[list[int]]) -> int:
         """Length of the token prefix all rows share (the few-shot block), if worth caching.
@@ -240,27 +326,57 @@ class HFBackend:
         return self._prefix[1]
 
     def _generate_batch(
-        self, rows: list[list[int]], shared: int, params: Sampling
+        self,
+        rows: list[list[int]],
+        shared: int,
+        params: Sampling,
+        reuse: list[tuple[_Kept, int] | None] | None = None,
     ) -> list[Completion]:
         """Generate for ``rows``; the first ``shared`` tokens are common and come from the cache.
 
         Layout: ``[shared prefix][left padding][own tokens]``; the attention mask hides the
-        padding and position ids follow the mask, so each row is computed as if alone.
+        padding and position ids follow the mask, so each row is computed as if alone. Rows
+        that extend a kept row (``reuse``) take that many of their own tokens' keys and values
+        from it: ``[shared prefix][padding][reused][padding][computed]``, the computed part as
+        wide as the widest row's.
         """
         torch = self.torch
         from transformers import GenerationConfig
 
         pad = self.tok.pad_token_id
         tails = [r[shared:] for r in rows]
-        width = max(len(t) for t in tails)
+        reused = [0] * len(rows)
+        if reuse and any(reuse) and self._sharing():
+            new = max(len(t) - (u[1] if u else 0) for t, u in zip(tails, reuse))
+            reused = [max(0, len(t) - new) if u else 0 for t, u in zip(tails, reuse)]
+        held = max(reused)
+        computed = [t[r:] for t, r in zip(tails, reused)]
+        width = held + max(len(t) for t in computed)
         prefix = rows[0][:shared]
-        input_ids = torch.tensor([prefix + [pad] * (width - len(t)) + t for t in tails])
-        mask = torch.tensor([[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails])
+        layout = [
+            ([pad] * (held - r) + t[:r], [pad] * (width - held - len(c)) + c)
+            for t, r, c in zip(tails, reused, computed)
+        ]
+        input_ids = torch.tensor([prefix + a + b for a, b in layout])
+        own_mask = torch.tensor(
+            [
+                [0] * (held - r) + [1] * r + [0] * (width - held - len(c)) + [1] * len(c)
+                for r, c in zip(reused, computed)
+            ]
+        )
+        mask = torch.cat([torch.ones(len(rows), shared, dtype=own_mask.dtype), own_mask], 1)
         extra = {}
         prefix_kv = self._prefix_kv(prefix) if shared else None
         past = make_cache(
-            self.model.config, len(rows), shared + width + params.max_new_tokens, prefix_kv
+            self.model.config,
+            len(rows),
+            width + params.max_new_tokens + (0 if self._sharing() else shared),
+            prefix_kv,
+            share=self._sharing(),
         )
+        if held:
+            self._fill_reused(past, reuse, reused, shared, held)
+            self.reused_tokens += sum(reused)
         if past is None and prefix_kv is not None:  # a model with special layers: stock cache
             past = copy.deepcopy(prefix_kv)
             past.batch_repeat_interleave(len(rows))
@@ -281,14 +397,37 @@ class HFBackend:
             gen = self.model.generate(
                 input_ids=input_ids, attention_mask=mask, generation_config=config, **extra
             )
+        generated = gen[:, shared + width :].tolist()
+        if past is not None:
+            fed = gen.shape[1] - shared - width - 1  # the last token was never fed back
+            self._keep(rows, shared, width, own_mask, generated, fed, past)
         result = []
-        for seq in gen[:, shared + width :].tolist():
+        for seq in generated:
             end = next((k for k, t in enumerate(seq) if t in self.stop_ids), None)
             kept = seq if end is None else seq[:end]
             text = self.tok.decode(kept, skip_special_tokens=True).strip()
             reason = "length" if end is None else "stop"
             result.append(Completion(text, len(kept) + (end is not None), reason))
         return result
+
+    def _fill_reused(self, past, reuse, reused, shared, held) -> None:
+        """Put each row's reused keys and values, right-aligned, in the first ``held`` own
+        positions of ``past`` (a fresh shared-prefix cache)."""
+        torch = self.torch
+        for li, layer in enumerate(past.layers):
+            src = reuse[0] if reuse[0] else next(u for u in reuse if u)
+            k0 = src[0].past.layers[li]._k
+            keys = k0.new_zeros(len(reuse), k0.shape[1], held, k0.shape[-1])
+            values = torch.zeros_like(keys)
+            for j, (u, r) in enumerate(zip(reuse, reused)):
+                if not r:
+                    continue
+                kept = u[0]
+                pos = kept.positions[shared - kept.prefix : shared - kept.prefix + r]
+                old = kept.past.layers[li]
+                keys[j, :, held - r :] = old._k[kept.row].index_select(-2, pos)
+                values[j, :, held - r :] = old._v[kept.row].index_select(-2, pos)
+            layer.update(keys, values)
 
     def choice_logprobs(
         self, prompts: Sequence[Chat | str], choices: Sequence[str]
@@ -340,7 +479,11 @@ class HFBackend:
             past = None
             if shared:
                 past = make_cache(
-                    self.model.config, len(batch), shared + width, self._prefix_kv(prefix)
+                    self.model.config,
+                    len(batch),
+                    width + (0 if self._sharing() else shared),
+                    self._prefix_kv(prefix),
+                    share=self._sharing(),
                 )
                 if past is None:
                     past = copy.deepcopy(self._prefix_kv(prefix))

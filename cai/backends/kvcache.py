@@ -5,9 +5,13 @@ whole cache each time: on a CPU with a 1,200-token few-shot prompt that copy was
 time (profiled here). :class:`GrowingLayer` keeps a buffer with spare room (doubling when full)
 and hands out views of its filled part, so a step writes only the new token's keys and values.
 
-:func:`make_cache` builds a cache of such layers for a batch, optionally filled with a shared
-prefix computed once (the few-shot block), repeated over the batch. Models with sliding-window
-or other special layers get ``None`` and the caller falls back to transformers' own cache.
+:func:`make_cache` builds a cache of such layers for a batch, optionally holding a shared prefix
+computed once (the few-shot block). By default the prefix is copied into every row. With
+``share=True`` it is kept once, batch 1, in :class:`SharedPrefixLayer`: the layer hands attention
+only the rows' own keys and values, tagged with the prefix, and ``cai_cpu`` attention
+(``attention.py``) attends to the prefix for all rows in one matrix product. Models with
+sliding-window or other special layers get ``None`` and the caller falls back to transformers'
+own cache.
 """
 
 from __future__ import annotations
@@ -77,12 +81,51 @@ class GrowingLayer(DynamicLayer):
         self.batch_select_indices(beam_idx)
 
 
-def make_cache(config, batch: int, capacity: int, prefix: DynamicCache | None = None):
-    """A cache of :class:`GrowingLayer` for ``batch`` rows; ``None`` if the model needs others."""
+class SharedPrefixLayer(GrowingLayer):
+    """The rows' own keys and values after a prefix held once for the whole batch.
+
+    ``update`` returns only the rows' own part; the returned keys carry the prefix as the
+    attribute ``cai_prefix`` (keys, values, each [1, kv_heads, P, d]). The sequence length
+    counts the prefix, so positions and masks are those of the full sequence.
+    """
+
+    def __init__(self, capacity: int, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__(capacity)
+        self.prefix = (keys, values)
+        self.prefix_length = keys.shape[-2]
+
+    def _views(self) -> None:
+        super()._views()
+        self.keys.cai_prefix = self.prefix
+
+    def get_seq_length(self) -> int:
+        return self.prefix_length + self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:
+            self.length = max(0, self.length + tokens_to_remove)
+            self._views()
+
+
+def make_cache(
+    config,
+    batch: int,
+    capacity: int,
+    prefix: DynamicCache | None = None,
+    share: bool = False,
+):
+    """A cache of :class:`GrowingLayer` for ``batch`` rows; ``None`` if the model needs others.
+
+    With ``share`` the prefix is not copied per row (:class:`SharedPrefixLayer`); only
+    ``cai_cpu`` attention knows how to read such a cache.
+    """
     probe = DynamicCache(config=config)
     if not probe.layers or any(type(layer) is not DynamicLayer for layer in probe.layers):
         return None
     cache = DynamicCache(config=config)
+    if share and prefix is not None:
+        cache.layers = [SharedPrefixLayer(capacity, src.keys, src.values) for src in prefix.layers]
+        return cache
     cache.layers = [GrowingLayer(capacity) for _ in probe.layers]
     if prefix is not None:
         for layer, src in zip(cache.layers, prefix.layers):
