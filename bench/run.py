@@ -11,7 +11,9 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
 2. preference_labels: judging pairs of answers against constitution principles in both orders,
    our option log-prob scoring (one forward pass per judgement) against the common alternative of
    generating the judge's answer and parsing the letter out of it, through the same batched engine
-   and the same prompts. Labels per second; the baseline's parse failures are reported too.
+   and the same prompts. Labels per second; the baseline's parse failures are reported too. A
+   third row times chain-of-thought judging with the scoring call reading the rows of the
+   writing call, against computing them again.
 3. machine_fraction: the CPU's matrix-multiply rate (bf16 and fp32) measured in this run, the
    model's FLOPs per token counted from its config, and the useful FLOP/s our engine reaches
    (padding not counted) at batch sizes 1..128, as a share of the bf16 ceiling.
@@ -226,6 +228,7 @@ def bench_labels(args) -> dict:
     loose = sum(letter.search(text) is None for text, _ in answers_loop)
     loop = len(few) / (time.perf_counter() - t0)
     mean_tokens = sum(o[0].tokens for o in outs) / len(outs)
+    cot = cot_labels(backend, chats[: args.cot_labels], render)
     common = {
         "unit": "labels/s",
         "judgements": len(prompts),
@@ -253,7 +256,35 @@ def bench_labels(args) -> dict:
             "baseline_judgements": len(few),
             "baseline_parse_failures": loose,
         },
+        cot,
     ]
+
+
+def cot_labels(backend, chats, render) -> dict:
+    """Chain-of-thought judging (``--cot``) as the preference stage runs it: the judge writes,
+    then the options are scored after its writing; the scoring call reading the writing call's
+    rows against computing them again."""
+    texts = [backend.render(c) + render("compare_cot") for c in chats]
+    params = Sampling(max_new_tokens=64)
+    seconds = {}
+    for reuse in (True, False):
+        backend.reuse_rows = reuse
+        backend.forget()
+        t0 = time.perf_counter()
+        outs = backend.generate(texts, params)
+        prompts = [f"{t} {o[0].text}{render('compare_cot_answer')}" for t, o in zip(texts, outs)]
+        backend.choice_logprobs(prompts, ["A", "B"])
+        seconds[reuse] = time.perf_counter() - t0
+    backend.reuse_rows = True
+    return {
+        "name": "preference_labels_cot_row_reuse",
+        "ours": round(len(chats) / seconds[True], 3),
+        "baseline": round(len(chats) / seconds[False], 3),
+        "ratio": round(seconds[False] / seconds[True], 2),
+        "unit": "labels/s, judge writes first (scoring reads its rows / computes them)",
+        "judgements": len(chats),
+        "reasoning_max_new_tokens": params.max_new_tokens,
+    }
 
 
 def matmul_rate(dtype, n: int = 1536, seconds: float = 2.0) -> float:
@@ -553,6 +584,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--label-prompts", type=int, default=16)
+    ap.add_argument("--cot-labels", type=int, default=32, help="judgements of the cot row")
     ap.add_argument("--baseline-labels", type=int, default=16)
     ap.add_argument(
         "--judge-max-new-tokens",

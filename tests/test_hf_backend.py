@@ -79,6 +79,26 @@ def test_a_prompt_extending_the_last_calls_rows_reuses_their_keys_and_values(tin
     assert reusing.reused_tokens == before
 
 
+def test_options_scored_after_written_reasoning_reuse_its_keys_and_values(tiny_model):
+    """Chain-of-thought labels: the judge writes, then its options are scored after what it
+    wrote; the scoring prompts read the writing call's rows and give the same log-probs."""
+    reusing = make_backend("hf", tiny_model, max_batch_size=4, dtype="float32")
+    fresh = make_backend("hf", tiny_model, max_batch_size=4, dtype="float32", reuse_rows=False)
+    texts = [reusing.render(c) + "Let's think step by step:" for c in chats(6)]
+    wrote = reusing.generate(texts, Sampling(max_new_tokens=8))
+    prompts = [f"{t} {w[0].text} The answer is (" for t, w in zip(texts, wrote)]
+    got = reusing.choice_logprobs(prompts, ["A", "B"])
+    assert reusing.reused_tokens > 0
+    want = fresh.choice_logprobs(prompts, ["A", "B"])
+    assert max(abs(x - y) for r, s in zip(got, want) for x, y in zip(r, s)) < 1e-4
+    # multi-token options are scored by teacher forcing, the options' tokens always computed
+    before = reusing.reused_tokens
+    got = reusing.choice_logprobs(prompts, [" first one", " second one"])
+    assert reusing.reused_tokens > before
+    want = fresh.choice_logprobs(prompts, [" first one", " second one"])
+    assert max(abs(x - y) for r, s in zip(got, want) for x, y in zip(r, s)) < 1e-4
+
+
 def test_batched_equals_one_at_a_time(backend):
     params = Sampling(max_new_tokens=10)
     batched = backend.generate(chats(5), params)

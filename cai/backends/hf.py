@@ -2,8 +2,10 @@
 
 Handles: chat templating, length-sorted left-padded batches sized to the memory available,
 greedy or sampled decoding with ``n`` samples per chat, stop at the tokenizer's end-of-turn
-token, a shared-prefix KV cache, and option log-probs from one forward pass. Does not handle:
-tensor parallelism or paged attention (use the vllm engine on a GPU).
+token, a shared-prefix KV cache held once per batch, the last call's rows reused by prompts that
+extend them (a revision after its critique, options scored after written reasoning), and option
+log-probs from one forward pass. Does not handle: tensor parallelism or paged attention (use the
+vllm engine on a GPU).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class HFBackend:
         dtype: str = "auto",
         max_batch_size: int = 64,
         memory_budget: int | None = None,
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
         threads: int | None = None,
         prefix_cache: bool = True,
         min_prefix: int = 32,
@@ -137,7 +139,9 @@ class HFBackend:
         self.torch = torch
         self.model_label = model.label
         self.max_batch_size = max_batch_size
-        self.chunk_size = chunk_size
+        # a stage hands over one batch's prompts per call unless told otherwise: what a call
+        # keeps for the next (its rows' keys and values) is then one batch, whatever the run's size
+        self.chunk_size = chunk_size or max_batch_size
         self.prefix_cache = prefix_cache
         self.min_prefix = min_prefix
         self.share_prefix = share_prefix
@@ -256,10 +260,13 @@ class HFBackend:
         self._prefix = None
         self._kept = {}
 
-    def _find_kept(self, ids: list[list[int]], shared: int) -> list[tuple[_Kept, int] | None]:
+    def _find_kept(
+        self, ids: list[list[int]], shared: int, last: Sequence[int] | None = None
+    ) -> list[tuple[_Kept, int] | None]:
         """Per row, a kept row of the last call whose tokens begin this row's prompt (its prompt
         at least, then as many of its generated tokens as match) and how many of this row's own
-        tokens after ``shared`` it covers (always leaving the last one to compute)."""
+        tokens after ``shared`` it covers, leaving the row's ``last`` tokens (1 by default) to
+        compute."""
         found: list[tuple[_Kept, int] | None] = [None] * len(ids)
         if not self._kept or not shared or not self._sharing():
             return found
@@ -276,9 +283,29 @@ class HFBackend:
                         end += 1
                     if end > best_end:
                         best, best_end = kept, end
-            if best is not None:
-                found[i] = (best, min(best_end, len(x) - 1) - shared)
+            covered = min(best_end, len(x) - (last[i] if last else 1)) - shared
+            if best is not None and covered > 0:
+                found[i] = (best, covered)
         return found
+
+    def _layout(self, tails: list[list[int]], reuse) -> tuple[list[int], list[list[int]], object]:
+        """How many of each row's own tokens come from a kept row (``reuse``), the rest to
+        compute, and the mask of the own part: ``[padding][reused][padding][computed]``, the
+        reused part right-aligned, the computed part as wide as the widest row's."""
+        reused = [0] * len(tails)
+        if reuse and any(reuse) and self._sharing():
+            new = max(len(t) - (u[1] if u else 0) for t, u in zip(tails, reuse))
+            reused = [max(0, len(t) - new) if u else 0 for t, u in zip(tails, reuse)]
+        held = max(reused)
+        computed = [t[r:] for t, r in zip(tails, reused)]
+        width = max(len(c) for c in computed)
+        own_mask = self.torch.tensor(
+            [
+                [0] * (held - r) + [1] * r + [0] * (width - len(c)) + [1] * len(c)
+                for r, c in zip(reused, computed)
+            ]
+        )
+        return reused, computed, own_mask
 
     def _keep(self, rows, shared, width, own_mask, gen_tokens, fed, past) -> None:
         """Remember the rows of a finished batch (their prompt and the generated tokens whose
@@ -345,23 +372,13 @@ class HFBackend:
 
         pad = self.tok.pad_token_id
         tails = [r[shared:] for r in rows]
-        reused = [0] * len(rows)
-        if reuse and any(reuse) and self._sharing():
-            new = max(len(t) - (u[1] if u else 0) for t, u in zip(tails, reuse))
-            reused = [max(0, len(t) - new) if u else 0 for t, u in zip(tails, reuse)]
-        held = max(reused)
-        computed = [t[r:] for t, r in zip(tails, reused)]
-        width = held + max(len(t) for t in computed)
+        reused, computed, own_mask = self._layout(tails, reuse)
+        held, width = max(reused), own_mask.shape[1]
         prefix = rows[0][:shared]
-        layout = [
-            ([pad] * (held - r) + t[:r], [pad] * (width - held - len(c)) + c)
-            for t, r, c in zip(tails, reused, computed)
-        ]
-        input_ids = torch.tensor([prefix + a + b for a, b in layout])
-        own_mask = torch.tensor(
+        input_ids = torch.tensor(
             [
-                [0] * (held - r) + [1] * r + [0] * (width - held - len(c)) + [1] * len(c)
-                for r, c in zip(reused, computed)
+                prefix + [pad] * (held - r) + t[:r] + [pad] * (width - held - len(c)) + c
+                for t, r, c in zip(tails, reused, computed)
             ]
         )
         mask = torch.cat([torch.ones(len(rows), shared, dtype=own_mask.dtype), own_mask], 1)
@@ -465,17 +482,20 @@ class HFBackend:
         shared = max(0, min(shared, min(len(r) - len(t) - 1 for r, t in zip(rows, targets))))
         if shared < self.min_prefix:
             shared = 0
+        # the rows of the last generate call that these extend (options scored after written
+        # reasoning): their keys and values are read, not computed
+        found = self._find_kept(rows, shared, [len(t) + 1 for t in targets])
         out: list = [None] * len(rows)
         pad = self.tok.pad_token_id
         for batch in self._batches([len(r) - shared for r in rows], 0, shared):
             tails = [rows[i][shared:] for i in batch]
-            width = max(len(t) for t in tails)
+            reuse = [found[i] for i in batch]
+            reused, computed, own_mask = self._layout(tails, reuse)
+            held, width = max(reused), own_mask.shape[1]
             prefix = rows[batch[0]][:shared]
-            tail_ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails])
-            mask = torch.tensor(
-                [[1] * shared + [0] * (width - len(t)) + [1] * len(t) for t in tails]
-            )
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            tail_ids = torch.tensor([[pad] * (width - held - len(c)) + c for c in computed])
+            mask = torch.cat([torch.ones(len(batch), shared, dtype=own_mask.dtype), own_mask], 1)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared + held :]
             past = None
             if shared:
                 past = make_cache(
@@ -485,6 +505,9 @@ class HFBackend:
                     self._prefix_kv(prefix),
                     share=self._sharing(),
                 )
+                if held:
+                    self._fill_reused(past, reuse, reused, shared, held)
+                    self.reused_tokens += sum(reused)
                 if past is None:
                     past = copy.deepcopy(self._prefix_kv(prefix))
                     past.batch_repeat_interleave(len(batch))
