@@ -51,6 +51,19 @@ def keep_freed_memory() -> None:
         pass
 
 
+def small_kernel_caches(entries: int = 8) -> None:
+    """Cap oneDNN's and ideep's caches of compiled kernels (one per matrix shape, 1,024 each by
+    default) unless the environment sets them; read when torch first runs such a kernel.
+
+    Decoding meets a new shape at every step (the cache grows by a token), so the default caches
+    fill with kernels used once: measured here on the critique stage at 128 prompts, peak memory
+    above the model 347 MB with the defaults and 126 MB with 8 entries (no slower; the 8-prompt
+    run took 180 MB with the defaults).
+    """
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, str(entries))
+
+
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -136,6 +149,7 @@ class HFBackend:
         hf_logging.disable_progress_bar()  # cai shows its own progress
         hf_logging.set_verbosity_error()
         keep_freed_memory()
+        small_kernel_caches()
         self.torch = torch
         self.model_label = model.label
         self.max_batch_size = max_batch_size
