@@ -228,7 +228,7 @@ def bench_labels(args) -> dict:
     loose = sum(letter.search(text) is None for text, _ in answers_loop)
     loop = len(few) / (time.perf_counter() - t0)
     mean_tokens = sum(o[0].tokens for o in outs) / len(outs)
-    cot = cot_labels(backend, chats[: args.cot_labels], render)
+    cot = cot_labels(backend, chats[: args.cot_labels])
     common = {
         "unit": "labels/s",
         "judgements": len(prompts),
@@ -260,11 +260,13 @@ def bench_labels(args) -> dict:
     ]
 
 
-def cot_labels(backend, chats, render) -> dict:
+def cot_labels(backend, chats) -> dict:
     """Chain-of-thought judging (``--cot``) as the preference stage runs it: the judge writes,
     then the options are scored after its writing; the scoring call reading the writing call's
     rows against computing them again."""
-    texts = [backend.render(c) + render("compare_cot") for c in chats]
+    from cai.stages.preferences import cot_answer_prompt, cot_prompt
+
+    texts = [cot_prompt(backend, c) for c in chats]
     params = Sampling(max_new_tokens=64)
     seconds = {}
     for reuse in (True, False):
@@ -272,7 +274,7 @@ def cot_labels(backend, chats, render) -> dict:
         backend.forget()
         t0 = time.perf_counter()
         outs = backend.generate(texts, params)
-        prompts = [f"{t} {o[0].text}{render('compare_cot_answer')}" for t, o in zip(texts, outs)]
+        prompts = [cot_answer_prompt(t, o[0].text) for t, o in zip(texts, outs)]
         backend.choice_logprobs(prompts, ["A", "B"])
         seconds[reuse] = time.perf_counter() - t0
     backend.reuse_rows = True

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import InputError
 from ..models import ResolvedModel
@@ -34,6 +35,18 @@ class _Kept:
     past: object
     row: int
     positions: object
+
+
+class _Layout(NamedTuple):
+    """A batch's own part after the shared prefix: per row, how many own tokens come from a
+    kept row (right-aligned in the first ``held`` positions) and the tokens to compute (in the
+    last ``width - held``); ``mask`` covers the prefix and the own part."""
+
+    reused: list[int]
+    computed: list[list[int]]
+    mask: object
+    held: int
+    width: int
 
 
 def keep_freed_memory() -> None:
@@ -302,24 +315,44 @@ class HFBackend:
                 found[i] = (best, covered)
         return found
 
-    def _layout(self, tails: list[list[int]], reuse) -> tuple[list[int], list[list[int]], object]:
-        """How many of each row's own tokens come from a kept row (``reuse``), the rest to
-        compute, and the mask of the own part: ``[padding][reused][padding][computed]``, the
-        reused part right-aligned, the computed part as wide as the widest row's."""
+    def _layout(self, tails: list[list[int]], reuse, shared: int) -> _Layout:
+        """How many of each row's own tokens come from a kept row (``reuse``) and the rest to
+        compute: ``[shared prefix][padding][reused][padding][computed]``, the reused part
+        right-aligned, the computed part as wide as the widest row's."""
         reused = [0] * len(tails)
         if reuse and any(reuse) and self._sharing():
             new = max(len(t) - (u[1] if u else 0) for t, u in zip(tails, reuse))
             reused = [max(0, len(t) - new) if u else 0 for t, u in zip(tails, reuse)]
         held = max(reused)
         computed = [t[r:] for t, r in zip(tails, reused)]
-        width = max(len(c) for c in computed)
-        own_mask = self.torch.tensor(
+        wide = max(len(c) for c in computed)
+        mask = self.torch.tensor(
             [
-                [0] * (held - r) + [1] * r + [0] * (width - len(c)) + [1] * len(c)
+                [1] * shared + [0] * (held - r) + [1] * r + [0] * (wide - len(c)) + [1] * len(c)
                 for r, c in zip(reused, computed)
             ]
         )
-        return reused, computed, own_mask
+        return _Layout(reused, computed, mask, held, held + wide)
+
+    def _batch_cache(self, prefix: list[int], rows: int, own: int, lay: _Layout, reuse):
+        """The KV cache a batch starts from: the shared ``prefix`` (held once, or copied into
+        every row), room for ``own`` tokens of each row's own, and the kept rows' keys and values
+        it reuses. transformers' own cache for a model with special layers; ``None`` for such a
+        model without a prefix."""
+        prefix_kv = self._prefix_kv(prefix) if prefix else None
+        sharing = self._sharing()
+        past = make_cache(
+            self.model.config, rows, own + (0 if sharing else len(prefix)), prefix_kv, sharing
+        )
+        if past is None:
+            if prefix_kv is not None:
+                past = copy.deepcopy(prefix_kv)
+                past.batch_repeat_interleave(rows)
+            return past
+        if lay.held:
+            self._fill_reused(past, reuse, lay.reused, len(prefix), lay.held)
+            self.reused_tokens += sum(lay.reused)
+        return past
 
     def _keep(self, rows, shared, width, own_mask, gen_tokens, fed, past) -> None:
         """Remember the rows of a finished batch (their prompt and the generated tokens whose
@@ -386,31 +419,17 @@ class HFBackend:
 
         pad = self.tok.pad_token_id
         tails = [r[shared:] for r in rows]
-        reused, computed, own_mask = self._layout(tails, reuse)
-        held, width = max(reused), own_mask.shape[1]
+        lay = self._layout(tails, reuse, shared)
+        held, width = lay.held, lay.width
         prefix = rows[0][:shared]
         input_ids = torch.tensor(
             [
                 prefix + [pad] * (held - r) + t[:r] + [pad] * (width - held - len(c)) + c
-                for t, r, c in zip(tails, reused, computed)
+                for t, r, c in zip(tails, lay.reused, lay.computed)
             ]
         )
-        mask = torch.cat([torch.ones(len(rows), shared, dtype=own_mask.dtype), own_mask], 1)
         extra = {}
-        prefix_kv = self._prefix_kv(prefix) if shared else None
-        past = make_cache(
-            self.model.config,
-            len(rows),
-            width + params.max_new_tokens + (0 if self._sharing() else shared),
-            prefix_kv,
-            share=self._sharing(),
-        )
-        if held:
-            self._fill_reused(past, reuse, reused, shared, held)
-            self.reused_tokens += sum(reused)
-        if past is None and prefix_kv is not None:  # a model with special layers: stock cache
-            past = copy.deepcopy(prefix_kv)
-            past.batch_repeat_interleave(len(rows))
+        past = self._batch_cache(prefix, len(rows), width + params.max_new_tokens, lay, reuse)
         if past is not None:
             extra["past_key_values"] = past
         sample = params.temperature > 0
@@ -426,12 +445,12 @@ class HFBackend:
         )
         with torch.inference_mode():
             gen = self.model.generate(
-                input_ids=input_ids, attention_mask=mask, generation_config=config, **extra
+                input_ids=input_ids, attention_mask=lay.mask, generation_config=config, **extra
             )
         generated = gen[:, shared + width :].tolist()
         if past is not None:
             fed = gen.shape[1] - shared - width - 1  # the last token was never fed back
-            self._keep(rows, shared, width, own_mask, generated, fed, past)
+            self._keep(rows, shared, width, lay.mask[:, shared:], generated, fed, past)
         result = []
         for seq in generated:
             end = next((k for k, t in enumerate(seq) if t in self.stop_ids), None)
@@ -445,9 +464,9 @@ class HFBackend:
         """Put each row's reused keys and values, right-aligned, in the first ``held`` own
         positions of ``past`` (a fresh shared-prefix cache)."""
         torch = self.torch
+        src = next(u[0] for u in reuse if u)
         for li, layer in enumerate(past.layers):
-            src = reuse[0] if reuse[0] else next(u for u in reuse if u)
-            k0 = src[0].past.layers[li]._k
+            k0 = src.past.layers[li]._k
             keys = k0.new_zeros(len(reuse), k0.shape[1], held, k0.shape[-1])
             values = torch.zeros_like(keys)
             for j, (u, r) in enumerate(zip(reuse, reused)):
@@ -504,31 +523,18 @@ class HFBackend:
         for batch in self._batches([len(r) - shared for r in rows], 0, shared):
             tails = [rows[i][shared:] for i in batch]
             reuse = [found[i] for i in batch]
-            reused, computed, own_mask = self._layout(tails, reuse)
-            held, width = max(reused), own_mask.shape[1]
-            prefix = rows[batch[0]][:shared]
-            tail_ids = torch.tensor([[pad] * (width - held - len(c)) + c for c in computed])
-            mask = torch.cat([torch.ones(len(batch), shared, dtype=own_mask.dtype), own_mask], 1)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared + held :]
+            lay = self._layout(tails, reuse, shared)
+            wide = lay.width - lay.held
+            tail_ids = torch.tensor([[pad] * (wide - len(c)) + c for c in lay.computed])
+            positions = (lay.mask.cumsum(-1) - 1).clamp(min=0)[:, shared + lay.held :]
             past = None
             if shared:
-                past = make_cache(
-                    self.model.config,
-                    len(batch),
-                    width + (0 if self._sharing() else shared),
-                    self._prefix_kv(prefix),
-                    share=self._sharing(),
-                )
-                if held:
-                    self._fill_reused(past, reuse, reused, shared, held)
-                    self.reused_tokens += sum(reused)
-                if past is None:
-                    past = copy.deepcopy(self._prefix_kv(prefix))
-                    past.batch_repeat_interleave(len(batch))
+                prefix = rows[batch[0]][:shared]
+                past = self._batch_cache(prefix, len(batch), lay.width, lay, reuse)
             with torch.inference_mode():
                 logits = self.model(
                     input_ids=tail_ids,
-                    attention_mask=mask,
+                    attention_mask=lay.mask,
                     position_ids=positions,
                     past_key_values=past,
                     use_cache=past is not None,

@@ -101,11 +101,6 @@ class SharedPrefixLayer(GrowingLayer):
     def get_seq_length(self) -> int:
         return self.prefix_length + self.length
 
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove < 0:
-            self.length = max(0, self.length + tokens_to_remove)
-            self._views()
-
 
 def make_cache(
     config,

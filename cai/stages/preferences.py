@@ -235,6 +235,17 @@ def judge_pairs(
     return export_preferences(run, pairs, min_margin)
 
 
+def cot_prompt(feedback: Backend, chat: Chat) -> str:
+    """With ``cot``: the comparison, then the opening of the judge's written reasoning."""
+    return feedback.render(chat) + render("compare_cot")
+
+
+def cot_answer_prompt(text: str, reasoning: str) -> str:
+    """With ``cot``: what the judge wrote after ``text``, then the opening of its answer, after
+    which the options are scored."""
+    return f"{text} {reasoning}{render('compare_cot_answer')}"
+
+
 def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings, reporter) -> list:
     chats = []
     for _, pair, p, order in jobs:
@@ -242,10 +253,10 @@ def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings,
         chats.append(compare_chat(constitution, pair.chat, p, a, b))
     reasoning: list[str | None] = [None] * len(jobs)
     if settings.cot:
-        texts = [feedback.render(c) + render("compare_cot") for c in chats]
+        texts = [cot_prompt(feedback, c) for c in chats]
         outs = feedback.generate(texts, settings.cot_sampling)
         reasoning = [o[0].text for o in outs]
-        prompts = [f"{t} {r}{render('compare_cot_answer')}" for t, r in zip(texts, reasoning)]
+        prompts = [cot_answer_prompt(t, r) for t, r in zip(texts, reasoning)]
     else:
         prompts = [feedback.render(c) + render("compare_answer") for c in chats]
     logprobs = feedback.choice_logprobs(prompts, ["A", "B"])
