@@ -61,13 +61,19 @@ def decode_attention(
         )
         return out.transpose(1, 2).contiguous(), None
     scale = scaling if scaling is not None else d**-0.5
-    keep = None
-    if attention_mask is not None:
-        keep = attention_mask[:, :, -1:, : key.shape[-2]]  # [b, 1, 1, L]
-        if keep.dtype != torch.bool:
-            keep = keep > float("-inf")
-    out, _ = _one_query(query, key, value, keep, scale)
+    keep = None if attention_mask is None else _seen(attention_mask)[..., : key.shape[-2]]
+    out, _ = _own_part(query, key, value, keep, scale)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _seen(mask):
+    """A mask as bool (True: the key is seen), from bool or additive (-inf: hidden)."""
+    return mask if mask.dtype == torch.bool else mask > float("-inf")
+
+
+def _additive(mask, dtype):
+    """A bool mask as the flash kernel takes it: 0 where seen, -inf where hidden."""
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, float("-inf"))
 
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -89,8 +95,7 @@ def _one_query(query, key, value, keep, scale: float):
     group = heads // kv
     add = None
     if keep is not None:
-        add = torch.zeros(keep.shape, dtype=query.dtype).masked_fill_(~keep, float("-inf"))
-        add = add.expand(b, 1, group, keep.shape[-1])
+        add = _additive(keep, query.dtype).expand(b, 1, group, keep.shape[-1])
     out, lse = _flash(
         query.reshape(b, kv, group, d), key, value, 0.0, False, attn_mask=add, scale=scale
     )
@@ -110,8 +115,9 @@ def _own_part(query, key, value, mask, scale: float):
             return _flash(query, key, value, 0.0, True, scale=scale)
         # causal, the queries being the last q of the row's own tokens
         mask = torch.ones(q, own, dtype=torch.bool).tril(own - q)[None, None]
-    additive = torch.zeros(mask.shape, dtype=query.dtype).masked_fill_(~mask, float("-inf"))
-    out, lse = _flash(query, key, value, 0.0, False, attn_mask=additive, scale=scale)
+    out, lse = _flash(
+        query, key, value, 0.0, False, attn_mask=_additive(mask, query.dtype), scale=scale
+    )
     seen = mask.any(dim=-1)  # [b, 1, q]; the kernel reports 0, not -inf, for a row that sees none
     return out, lse.masked_fill(~seen, float("-inf"))
 
@@ -125,11 +131,9 @@ def shared_prefix_attention(query, key, value, prefix, attention_mask, scaling=N
     kv, plen = pk.shape[1], pk.shape[-2]
     group = heads // kv
     scale = scaling if scaling is not None else d**-0.5
-    mask = attention_mask
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            mask = mask > float("-inf")
-        mask = mask[:, :, :, plen : plen + key.shape[-2]]
+    mask = None
+    if attention_mask is not None:
+        mask = _seen(attention_mask)[:, :, :, plen : plen + key.shape[-2]]
     own, own_lse = _own_part(query, key, value, mask, scale)
     # every row's queries of one key/value head stacked: [1, kv, b * group * q, d] x prefix
     stacked = query.reshape(b, kv, group * q, d).transpose(0, 1).reshape(1, kv, -1, d)

@@ -354,9 +354,10 @@ class HFBackend:
             self.reused_tokens += sum(lay.reused)
         return past
 
-    def _keep(self, rows, shared, width, own_mask, gen_tokens, fed, past) -> None:
+    def _keep(self, rows, shared, width, own_mask, gen_tokens, ends, fed, past) -> None:
         """Remember the rows of a finished batch (their prompt and the generated tokens whose
-        keys and values were computed) for a next prompt that extends them."""
+        keys and values were computed, up to the stop token at ``ends[j]`` if any) for a next
+        prompt that extends them."""
         if not (self.reuse_rows and shared and isinstance(past.layers[0], SharedPrefixLayer)):
             return
         torch = self.torch
@@ -367,8 +368,7 @@ class HFBackend:
         if size + sum(self._cache_bytes(p) for p in held.values()) > self.memory_budget // 4:
             return  # kept rows hold at most a quarter of the batch memory budget
         for j, row in enumerate(rows):
-            gen = gen_tokens[j]
-            end = next((k for k, t in enumerate(gen) if t in self.stop_ids), None)
+            gen, end = gen_tokens[j], ends[j]
             n = min(fed, len(gen) if end is None else end + 1)
             own = torch.nonzero(own_mask[j]).flatten().tolist()
             positions = torch.tensor(own + list(range(width, width + n)))
@@ -448,12 +448,12 @@ class HFBackend:
                 input_ids=input_ids, attention_mask=lay.mask, generation_config=config, **extra
             )
         generated = gen[:, shared + width :].tolist()
+        ends = [next((k for k, t in enumerate(s) if t in self.stop_ids), None) for s in generated]
         if past is not None:
             fed = gen.shape[1] - shared - width - 1  # the last token was never fed back
-            self._keep(rows, shared, width, lay.mask[:, shared:], generated, fed, past)
+            self._keep(rows, shared, width, lay.mask[:, shared:], generated, ends, fed, past)
         result = []
-        for seq in generated:
-            end = next((k for k, t in enumerate(seq) if t in self.stop_ids), None)
+        for seq, end in zip(generated, ends):
             kept = seq if end is None else seq[:end]
             text = self.tok.decode(kept, skip_special_tokens=True).strip()
             reason = "length" if end is None else "stop"
