@@ -242,14 +242,17 @@ def test_cai_cpu_attention_matches_sdpa(dtype, tol):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from cai.backends.attention import decode_attention
+    from cai.backends.kvcache import GrowingLayer
 
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
     module = torch.nn.Module().eval()
     module.num_key_value_groups, module.is_causal = 3, True
     b, kv, heads, d, length = 4, 2, 6, 16, 40
-    buf = torch.randn(2, b, kv, length + 8, d, dtype=dt)  # a cache with spare room, as ours
+    buf = torch.randn(2, b, kv, length + 8, d, dtype=dt)  # a view of a larger buffer
     key, value = buf[0, :, :, :length], buf[1, :, :, :length]
+    grown = GrowingLayer(length + 8)  # our cache: a decoding step reads its whole buffer
+    grown.update(key, value)
     pads = [0, 3, 7, 12]
     keep = torch.ones(b, length, dtype=torch.bool)
     for row, p in enumerate(pads):
@@ -258,10 +261,11 @@ def test_cai_cpu_attention_matches_sdpa(dtype, tol):
         query = torch.randn(b, q, heads, d, dtype=dt).transpose(1, 2)
         causal = torch.ones(q, length, dtype=torch.bool).tril(length - q)
         mask = (causal[None] & keep[:, None, :])[:, None]  # [b, 1, q, L]
-        ours, _ = decode_attention(module, query, key, value, mask, scaling=d**-0.5)
         ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=d**-0.5)
-        assert ours.shape == ref.shape == (b, q, heads, d)
-        assert (ours.float() - ref.float()).abs().max().item() < tol
+        for k, v in ((key, value), (grown.keys, grown.values)):
+            ours, _ = decode_attention(module, query, k, v, mask, scaling=d**-0.5)
+            assert ours.shape == ref.shape == (b, q, heads, d)
+            assert (ours.float() - ref.float()).abs().max().item() < tol
 
 
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
@@ -285,7 +289,7 @@ def test_shared_prefix_attention_matches_sdpa_over_the_whole_sequence(dtype, tol
     for row, p in enumerate(pads):
         keep[row, plen : plen + p] = False
     for q, padded in ((own, True), (1, True), (own, False), (1, False)):
-        cache = make_cache_layer(make_cache, pk, pv, b, own)
+        cache = make_cache_layer(make_cache, pk, pv, b, own + 5)  # room beyond the tokens
         k_own, v_own = torch.randn(2, b, kv, own, d, dtype=dt)
         if q == 1:
             cache.update(k_own[:, :, :-1], v_own[:, :, :-1])

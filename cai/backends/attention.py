@@ -1,11 +1,13 @@
 """Attention for CPU decoding and prefill, registered with transformers as ``cai_cpu``.
 
-While decoding, each step has one query per row against the whole cache (a 1,200-token few-shot
+While decoding, each step has one query per row against the whole cache (a 1,000-token few-shot
 prompt in every critique). On this project's 2-core CPU, torch's fused CPU kernel
 (``scaled_dot_product_attention``) spent 12 ms per layer and step on 16 such rows in bfloat16,
-70% of decode time, as transformers calls it (measured here). Here a row's query heads that share
-a key/value head are stacked as that head's queries and torch's flash kernel is called on them
-directly: it reads each row's cache once, through its strides, and sums the scores in float32.
+70% of decode time, as transformers calls it (measured here); its flash kernel called directly
+still spent 1.4 ms on 64 rows' few-shot prefix and 2 to 3.5 ms on their own 200 to 400 tokens.
+A decoding step here is two batched products per part (:func:`_products`) with the softmax
+between them in float32, the query heads that share a key/value head stacked as one matrix;
+the products read the cache's whole buffer, so that oneDNN sees contiguous matrices.
 A prefill with a padding mask goes to torch's kernel with ``enable_gqa``: transformers would
 first copy the keys and values once per query head (1.4 s of an 8 s prefill of 32 critique
 rows). Everything else goes to transformers' own ``sdpa`` function unchanged, and the mask is
@@ -63,7 +65,7 @@ def decode_attention(
     scale = scaling if scaling is not None else d**-0.5
     keep = None if attention_mask is None else _seen(attention_mask)[..., : key.shape[-2]]
     out, _ = _own_part(query, key, value, keep, scale)
-    return out.transpose(1, 2).contiguous(), None
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def _seen(mask):
@@ -79,26 +81,46 @@ def _additive(mask, dtype):
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
+def _products(query, key, value, seen, scale: float):
+    """Attention as two batched products with the softmax between them in float32:
+    ``query`` [..., m, d] over contiguous ``key``/``value`` [..., n, d], ``seen`` bool
+    broadcastable to [..., m, n] or None; returns output [..., m, d] and log-sum-exp [..., m],
+    both float32. The scores leave the first product rounded to the cache's dtype, as in
+    transformers' eager attention; the weights enter the second unnormalized (in [0, 1]) and
+    the output is divided by their sum afterwards."""
+    scores = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scale)
+    if seen is not None:
+        scores.masked_fill_(~seen, float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).min)
+    weights = scores.sub_(top).exp_()
+    total = weights.sum(dim=-1, keepdim=True)
+    out = torch.matmul(weights.to(value.dtype), value).float().div_(total)
+    return out, (top + total.log()).squeeze(-1)
+
+
 def _one_query(query, key, value, keep, scale: float):
     """One query per row (a decoding step): ``query`` [b, heads, 1, d] over ``key``/``value``
-    [b, kv, L, d] (a view of the growing cache), ``keep`` bool [b, 1, 1, L] or None (all seen);
-    returns output [b, heads, 1, d] and log-sum-exp [b, heads, 1] in float32.
+    [b, kv, L, d], ``keep`` bool [b, 1, 1, L] or None (all seen); returns output
+    [b, heads, 1, d] and log-sum-exp [b, heads, 1], both float32.
 
-    The query heads of one key/value head go to the flash kernel as that head's queries. Two
-    batched products (keys x queries, then weights x values) took the same time on a decoding
-    step of 64 critique rows (side by side, here) but rounded the scores to bf16, and oneDNN's
-    bf16 ``bmm`` copied each row's cache view into a contiguous tensor first; greedy text agreed
-    with sdpa's more often this way (7 of 16 critiques against 4).
+    A row's query heads that share a key/value head are that head's queries in
+    :func:`_products`. oneDNN's bf16 product reads only contiguous matrices: a view of the
+    growing cache (``L`` of its capacity) sent it to a slow path (4 ms against 0.4 for 64 rows
+    of 300 tokens, measured here), and torch's flash kernel, which reads views, spent 2 to 3.5
+    ms per layer on such a step. So when the keys come from a :class:`kvcache.GrowingLayer`
+    the products run over its whole buffer (``cai_full``, zeroed) and the mask hides the room
+    not yet filled; other keys are copied contiguous first.
     """
     b, heads, _, d = query.shape
-    kv = key.shape[1]
-    group = heads // kv
-    add = None
-    if keep is not None:
-        add = _additive(keep, query.dtype).expand(b, 1, group, keep.shape[-1])
-    out, lse = _flash(
-        query.reshape(b, kv, group, d), key, value, 0.0, False, attn_mask=add, scale=scale
-    )
+    kv, length = key.shape[1], key.shape[-2]
+    full = getattr(key, "cai_full", None)
+    key, value = (key.contiguous(), value.contiguous()) if full is None else full
+    room = key.shape[-2]
+    seen = keep
+    if room != length:
+        seen = torch.zeros(b if keep is not None else 1, 1, 1, room, dtype=torch.bool)
+        seen[..., :length] = True if keep is None else keep
+    out, lse = _products(query.reshape(b, kv, heads // kv, d), key, value, seen, scale)
     return out.reshape(b, heads, 1, d), lse.reshape(b, heads, 1)
 
 
@@ -137,15 +159,18 @@ def shared_prefix_attention(query, key, value, prefix, attention_mask, scaling=N
     own, own_lse = _own_part(query, key, value, mask, scale)
     # every row's queries of one key/value head stacked: [1, kv, b * group * q, d] x prefix
     stacked = query.reshape(b, kv, group * q, d).transpose(0, 1).reshape(1, kv, -1, d)
-    pre, pre_lse = _flash(stacked, pk, pv, 0.0, False, scale=scale)
+    if q == 1:  # a decoding step: the two products (the flash kernel took 1.4 ms per layer)
+        pre, pre_lse = _products(stacked, pk, pv, None, scale)
+    else:
+        pre, pre_lse = _flash(stacked, pk, pv, 0.0, False, scale=scale)
     # the kernel's outputs are laid out [batch, q, heads, d]: these views do not copy
     pre = pre.view(kv, b, group * q, d).transpose(0, 1).reshape(b, heads, q, d)
     pre_lse = pre_lse.view(kv, b, group * q).transpose(0, 1).reshape(b, heads, q)
     # softmax over prefix and own keys = the two parts weighted by their shares of exp(lse);
     # the own part's share is 0 where it is empty (lse -inf)
     share_own = torch.sigmoid(own_lse - pre_lse)
-    out = torch.lerp(pre, own, share_own[..., None].to(own.dtype))
-    return out.transpose(1, 2).contiguous(), None
+    out = torch.lerp(pre.to(own.dtype), own, share_own[..., None].to(own.dtype))
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def register() -> str:

@@ -28,8 +28,10 @@ class GrowingLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        self._k = key_states.new_empty(self._shape(key_states, self.capacity))
-        self._v = value_states.new_empty(self._shape(value_states, self.capacity))
+        # zeroed: a decoding step reads the whole buffer (``cai_full``); room not yet filled
+        # must hold finite values, which its mask then hides
+        self._k = key_states.new_zeros(self._shape(key_states, self.capacity))
+        self._v = value_states.new_zeros(self._shape(value_states, self.capacity))
         self.is_initialized = True
         self._views()
 
@@ -40,6 +42,7 @@ class GrowingLayer(DynamicLayer):
     def _views(self) -> None:
         self.keys = self._k[..., : self.length, :]
         self.values = self._v[..., : self.length, :]
+        self.keys.cai_full = (self._k, self._v)
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -49,7 +52,7 @@ class GrowingLayer(DynamicLayer):
             cap = max(2 * self._k.shape[-2], self.length + n)
             for name in ("_k", "_v"):
                 old = getattr(self, name)
-                new = old.new_empty(self._shape(old, cap))
+                new = old.new_zeros(self._shape(old, cap))
                 new[..., : self.length, :] = old[..., : self.length, :]
                 setattr(self, name, new)
         self._k[..., self.length : self.length + n, :] = key_states
