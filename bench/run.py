@@ -412,7 +412,7 @@ def bench_scaling(args) -> list[dict]:
         )
         results.append(scale_child(code, factor))
     # the 16x run again with oneDNN's and ideep's kernel caches (one entry per matrix shape) at
-    # their default of 1,024 entries, which the engine lowers to 8: what those caches hold
+    # their default of 1,024 entries, which the engine lowers to 16: what those caches hold
     caches = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}
     default = scale_child(code, 16, caches)
     one, big = results[0], results[-1]

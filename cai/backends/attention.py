@@ -88,7 +88,7 @@ def _products(query, key, value, seen, scale: float):
     both float32. The scores leave the first product rounded to the cache's dtype, as in
     transformers' eager attention; the weights enter the second unnormalized (in [0, 1]) and
     the output is divided by their sum afterwards."""
-    scores = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scale)
+    scores = torch.matmul(query * scale, key.transpose(-1, -2)).float()
     if seen is not None:
         scores.masked_fill_(~seen, float("-inf"))
     top = scores.amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).min)
