@@ -68,12 +68,12 @@ def small_kernel_caches(entries: int = 16) -> None:
     """Cap oneDNN's and ideep's caches of compiled kernels (one per matrix shape, 1,024 each by
     default) unless the environment sets them; read when torch first runs such a kernel.
 
-    Every batch meets new shapes (its width; each decoding step too, when attention multiplied
-    only the filled part of the cache), so the default caches fill with kernels used once.
-    ``make bench`` (scaling rows) on the critique stage at 128 prompts, three full runs: peak
-    memory above the model 126, 126 and 123 MB with 8 entries, 361, 230 and 280 MB with the
-    defaults. Not fewer than 16: a decoding step with a shared prefix uses 8 shapes per layer
-    (4 linear, 4 attention products) and one for the LM head, and with 8 entries each step
+    Every batch meets new shapes (its width; each decoding step too, when attention multiplied only
+    the filled part of the cache), so the default caches fill with kernels used once. ``make bench``
+    (scaling rows) on the critique stage at 128 prompts: peak memory above the model 126, 126 and
+    123 MB with 8 entries in three full runs, 139 MB with 16 in a fourth; 361, 230, 280 and 260 MB
+    with the defaults. Not fewer than 16: a decoding step with a shared prefix uses 8 shapes per
+    layer (4 linear, 4 attention products) and one for the LM head, and with 8 entries each step
     missed 8 kernels (counted with ``ONEDNN_VERBOSE=all``), at about 0.6 ms a miss.
     """
     for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
