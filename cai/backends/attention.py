@@ -163,13 +163,13 @@ def shared_prefix_attention(query, key, value, prefix, attention_mask, scaling=N
         pre, pre_lse = _products(stacked, pk, pv, None, scale)
     else:
         pre, pre_lse = _flash(stacked, pk, pv, 0.0, False, scale=scale)
-    # the kernel's outputs are laid out [batch, q, heads, d]: these views do not copy
+    # both parts' outputs (the kernel's laid out [batch, q, heads, d]) take these views uncopied
     pre = pre.view(kv, b, group * q, d).transpose(0, 1).reshape(b, heads, q, d)
     pre_lse = pre_lse.view(kv, b, group * q).transpose(0, 1).reshape(b, heads, q)
     # softmax over prefix and own keys = the two parts weighted by their shares of exp(lse);
     # the own part's share is 0 where it is empty (lse -inf)
     share_own = torch.sigmoid(own_lse - pre_lse)
-    out = torch.lerp(pre.to(own.dtype), own, share_own[..., None].to(own.dtype))
+    out = torch.lerp(pre, own, share_own[..., None].to(own.dtype))  # float32 when decoding
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
