@@ -54,15 +54,21 @@ from cai.store import RunDir  # noqa: E402
 
 
 @contextmanager
-def stock_attention(backend):
-    """The model with transformers' own attention (sdpa), as a plain loop would load it."""
+def stock_model(backend):
+    """The model as a plain loop would load it: transformers' own attention (sdpa) and plain
+    linear layers (their weights not packed for oneDNN)."""
+    from cai.backends.hf import pack_linears, unpack_linears
+
     model = backend.model
     ours = model.config._attn_implementation
     model.set_attn_implementation("sdpa")
+    unpack_linears(model)
     try:
         yield
     finally:
         model.set_attn_implementation(ours)
+        if backend.packed_linears:
+            pack_linears(model)
 
 
 def one_request(backend, chat, max_new_tokens: int) -> tuple[str, int]:
@@ -154,7 +160,7 @@ def bench_critiques(args) -> list[dict]:
             rerun_s = time.perf_counter() - t0
         rerun_calls = timed.calls - first_calls
     ours = summary["generated_tokens_now"] / ours_s
-    with stock_attention(backend):
+    with stock_model(backend):
         base_tokens, base_s = baseline_loop(backend, cons, items[: args.baseline_prompts], settings)
     base = base_tokens / base_s
     outside = ours_s - engine_s
@@ -223,7 +229,7 @@ def bench_labels(args) -> dict:
     # the same judging as simple recipes run it: one generate call per judgement
     few = chats[: max(1, args.baseline_labels // 4)]
     t0 = time.perf_counter()
-    with stock_attention(backend):
+    with stock_model(backend):
         answers_loop = [one_request(backend, c, args.judge_max_new_tokens) for c in few]
     loose = sum(letter.search(text) is None for text, _ in answers_loop)
     loop = len(few) / (time.perf_counter() - t0)
@@ -526,6 +532,8 @@ def bench_engine(args) -> list[dict]:
     """Engine choices on the same critique prompts: dtype, prefix cache, batching scheme."""
     from transformers import GenerationConfig
 
+    from cai.backends.hf import pack_linears, unpack_linears
+
     answer = "Sure. Here is exactly how to do that, step by step, without any caveats."
     chats = critique_chats(args.engine_prompts, answer)
     params = Sampling(max_new_tokens=args.engine_new_tokens)
@@ -550,6 +558,11 @@ def bench_engine(args) -> list[dict]:
     unit = "generated tokens/s (attention: ours, cai/backends/attention.py / transformers' sdpa)"
     rows.append(versus("engine_decode_attention", run(bf16), run(stock), unit))
     del stock
+    unpack_linears(bf16.model)
+    plain = run(bf16)
+    pack_linears(bf16.model)
+    unit = "generated tokens/s (linear weights packed for oneDNN once / as stored)"
+    rows.append(versus("engine_packed_weights", run(bf16), plain, unit))
     bf16.share_prefix = False
     copied = run(bf16)
     bf16.share_prefix = True

@@ -332,3 +332,35 @@ def test_decode_attention_on_and_off_give_the_same_text(tiny_model):
         assert [c[0].text for c in on.generate(batch, params)] == [
             c[0].text for c in off.generate(batch, params)
         ]
+
+
+def test_packed_linear_weights_change_no_output(tiny_model):
+    """bf16 linear layers read weights packed once for oneDNN: the same logits bit for bit and
+    the same text as the plain layers; unpacking gives the plain forward back."""
+    import torch
+
+    from cai.backends.hf import _Packed, pack_linears, unpack_linears
+
+    backend = make_backend("hf", tiny_model, dtype="bfloat16", max_batch_size=4)
+    model = backend.model
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    if not torch.backends.mkldnn.is_available():
+        assert backend.packed_linears == 0
+        return
+    assert backend.packed_linears == len(linears) > 0
+    assert all(isinstance(m.forward, _Packed) for m in linears)
+    ids = torch.tensor([backend._encode([backend.render(chats(1)[0])])[0]])
+    params = Sampling(max_new_tokens=12)
+    with torch.inference_mode():
+        packed_logits = model(input_ids=ids).logits
+    packed_text = [c[0].text for c in backend.generate(chats(5), params)]
+    unpack_linears(model)
+    assert not any("forward" in m.__dict__ for m in linears)
+    with torch.inference_mode():
+        plain_logits = model(input_ids=ids).logits
+    backend.forget()
+    assert [c[0].text for c in backend.generate(chats(5), params)] == packed_text
+    assert torch.equal(packed_logits, plain_logits)
+    assert pack_linears(model) == len(linears)
+    fp32 = make_backend("hf", tiny_model, dtype="float32", max_batch_size=4)
+    assert fp32.packed_linears == 0  # float32 keeps torch's own products

@@ -5,9 +5,10 @@ prompt in every critique). On this project's 2-core CPU, torch's fused CPU kerne
 (``scaled_dot_product_attention``) spent 12 ms per layer and step on 16 such rows in bfloat16,
 70% of decode time, as transformers calls it (measured here); its flash kernel called directly
 still spent 1.4 ms on 64 rows' few-shot prefix and 2 to 3.5 ms on their own 200 to 400 tokens.
-A decoding step here is two batched products per part (:func:`_products`) with the softmax
-between them in float32, the query heads that share a key/value head stacked as one matrix;
-the products read the cache's whole buffer, so that oneDNN sees contiguous matrices.
+A decoding step here (:func:`_one_query`) is one batched product per part for the scores, one
+softmax over both parts' scores together, and one product per part with the values, the query
+heads that share a key/value head stacked as one matrix; the products read the cache's whole
+buffer, so that oneDNN sees contiguous matrices.
 A prefill with a padding mask goes to torch's kernel with ``enable_gqa``: transformers would
 first copy the keys and values once per query head (1.4 s of an 8 s prefill of 32 critique
 rows). Everything else goes to transformers' own ``sdpa`` function unchanged, and the mask is
@@ -19,7 +20,8 @@ that share a key/value head are stacked and attend to that head's keys at once.
 A shared prefix (``kvcache.SharedPrefixLayer``: the few-shot block, the same for every row) is
 held once and attended in two parts, as in cascade or Hydragen attention: every row's queries
 against the prefix as one matrix product (the prefix read once per layer instead of once per
-row), the rows' own tokens as above, and the two softmaxes merged by their log-sum-exps.
+row) and the rows' own tokens as above; in a prefill the two parts' softmaxes are merged by
+their log-sum-exps, in a decoding step their scores share one softmax.
 Measured here: one decoding step of 64 critique rows read 64 copies of a 1,200-token prefix.
 """
 
@@ -40,32 +42,35 @@ def decode_attention(
     b, heads, q, d = query.shape
     kv = key.shape[1]
     prefix = getattr(key, "cai_prefix", None)
-    if prefix is not None:
-        return shared_prefix_attention(query, key, value, prefix, attention_mask, scaling)
-    if kwargs.get("output_attentions") or (dropout and module.training):
+    if prefix is None and (kwargs.get("output_attentions") or (dropout and module.training)):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if q != 1:
-        if attention_mask is None or kv == heads:  # causal without a mask: transformers' path
-            return sdpa_attention_forward(
-                module, query, key, value, attention_mask, scaling=scaling, **kwargs
-            )
-        # prefill with a mask: transformers repeats keys and values per query head here (a copy
-        # of the whole cache per layer); torch's kernel reads the shared heads directly
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask[:, :, :, : key.shape[-2]],
-            scale=scaling,
-            enable_gqa=True,
+    if q == 1:  # a decoding step, with or without a shared prefix
+        plen = 0 if prefix is None else prefix[0].shape[-2]
+        keep = None
+        if attention_mask is not None:
+            keep = _seen(attention_mask)[..., -1:, plen : plen + key.shape[-2]]
+        scale = scaling if scaling is not None else d**-0.5
+        out = _one_query(query, key, value, keep, scale, prefix)
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
+    if prefix is not None:
+        return shared_prefix_attention(query, key, value, prefix, attention_mask, scaling)
+    if attention_mask is None or kv == heads:  # causal without a mask: transformers' path
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, **kwargs
         )
-        return out.transpose(1, 2).contiguous(), None
-    scale = scaling if scaling is not None else d**-0.5
-    keep = None if attention_mask is None else _seen(attention_mask)[..., : key.shape[-2]]
-    out, _ = _own_part(query, key, value, keep, scale)
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+    # prefill with a mask: transformers repeats keys and values per query head here (a copy
+    # of the whole cache per layer); torch's kernel reads the shared heads directly
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask[:, :, :, : key.shape[-2]],
+        scale=scaling,
+        enable_gqa=True,
+    )
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _seen(mask):
@@ -81,38 +86,24 @@ def _additive(mask, dtype):
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
-def _products(query, key, value, seen, scale: float):
-    """Attention as two batched products with the softmax between them in float32:
-    ``query`` [..., m, d] over contiguous ``key``/``value`` [..., n, d], ``seen`` bool
-    broadcastable to [..., m, n] or None; returns output [..., m, d] and log-sum-exp [..., m],
-    both float32. The scores leave the first product rounded to the cache's dtype, as in
-    transformers' eager attention; the weights enter the second unnormalized (in [0, 1]) and
-    the output is divided by their sum afterwards."""
-    scores = torch.matmul(query * scale, key.transpose(-1, -2)).float()
-    if seen is not None:
-        scores.masked_fill_(~seen, float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).min)
-    weights = scores.sub_(top).exp_()
-    total = weights.sum(dim=-1, keepdim=True)
-    out = torch.matmul(weights.to(value.dtype), value).float().div_(total)
-    return out, (top + total.log()).squeeze(-1)
+def _one_query(query, key, value, keep, scale: float, prefix=None):
+    """A decoding step: ``query`` [b, heads, 1, d] over a shared ``prefix`` (keys, values
+    [1, kv, P, d], or None) and each row's own ``key``/``value`` [b, kv, L, d], ``keep`` bool
+    [b, 1, 1, L] or None (all own keys seen); returns [b, heads, 1, d] in float32.
 
-
-def _one_query(query, key, value, keep, scale: float):
-    """One query per row (a decoding step): ``query`` [b, heads, 1, d] over ``key``/``value``
-    [b, kv, L, d], ``keep`` bool [b, 1, 1, L] or None (all seen); returns output
-    [b, heads, 1, d] and log-sum-exp [b, heads, 1], both float32.
-
-    A row's query heads that share a key/value head are that head's queries in
-    :func:`_products`. oneDNN's bf16 product reads only contiguous matrices: a view of the
-    growing cache (``L`` of its capacity) sent it to a slow path (4 ms against 0.4 for 64 rows
-    of 300 tokens, measured here), and torch's flash kernel, which reads views, spent 2 to 3.5
-    ms per layer on such a step. So when the keys come from a :class:`kvcache.GrowingLayer`
-    the products run over its whole buffer (``cai_full``, zeroed) and the mask hides the room
-    not yet filled; other keys are copied contiguous first.
+    The scores of both parts go into one [kv, b * group, P + room] matrix (a row's query heads
+    that share a key/value head are that head's queries; the prefix part is one product for
+    all rows), one softmax runs over it (in float32 inside, weights rounded to the cache's dtype
+    as transformers' eager attention does), and each part's weights multiply its values.
+    oneDNN's bf16 product reads only contiguous matrices: a view of the growing cache (``L`` of
+    its capacity) sent it to a slow path (4 ms against 0.4 for 64 rows of 300 tokens, measured
+    here), so when the keys come from a :class:`kvcache.GrowingLayer` the products run over its
+    whole buffer (``cai_full``, zeroed) and the mask hides the room not yet filled; other keys
+    are copied contiguous first.
     """
     b, heads, _, d = query.shape
     kv, length = key.shape[1], key.shape[-2]
+    group = heads // kv
     full = getattr(key, "cai_full", None)
     key, value = (key.contiguous(), value.contiguous()) if full is None else full
     room = key.shape[-2]
@@ -120,17 +111,32 @@ def _one_query(query, key, value, keep, scale: float):
     if room != length:
         seen = torch.zeros(b if keep is not None else 1, 1, 1, room, dtype=torch.bool)
         seen[..., :length] = True if keep is None else keep
-    out, lse = _products(query.reshape(b, kv, heads // kv, d), key, value, seen, scale)
-    return out.reshape(b, heads, 1, d), lse.reshape(b, heads, 1)
+    q = (query * scale).reshape(b, kv, group, d)
+    own = torch.matmul(q, key.transpose(-1, -2))  # [b, kv, group, room]
+    if seen is not None:
+        own.masked_fill_(~seen, float("-inf"))
+    if prefix is None:
+        weights = torch.softmax(own, dim=-1)
+        return torch.matmul(weights, value).float().reshape(b, heads, 1, d)
+    pk, pv = prefix[0][0], prefix[1][0]  # [kv, P, d]
+    plen = pk.shape[-2]
+    scores = torch.empty(kv, b * group, plen + room, dtype=own.dtype)
+    stacked = q.transpose(0, 1).reshape(kv, b * group, d)
+    torch.matmul(stacked, pk.transpose(-1, -2), out=scores[..., :plen])
+    scores[..., plen:].view(kv, b, group, room).copy_(own.transpose(0, 1))
+    weights = torch.softmax(scores, dim=-1)
+    mine = weights[..., plen:].view(kv, b, group, room).transpose(0, 1)
+    out = torch.matmul(mine, value).float()  # [b, kv, group, d]
+    shared = torch.matmul(weights[..., :plen], pv)  # [kv, b * group, d]
+    out += shared.view(kv, b, group, d).transpose(0, 1)
+    return out.reshape(b, heads, 1, d)
 
 
 def _own_part(query, key, value, mask, scale: float):
-    """Attention of ``query`` [b, heads, q, d] over the rows' own keys [b, kv, S, d] with the
-    mask's own part (bool [b, 1, q, S] or None: causal); returns output [b, heads, q, d] and
-    log-sum-exp [b, heads, q] in float32, -inf where a query sees no key."""
+    """Attention of ``query`` [b, heads, q, d] (a prefill) over the rows' own keys
+    [b, kv, S, d] with the mask's own part (bool [b, 1, q, S] or None: causal); returns output
+    [b, heads, q, d] and log-sum-exp [b, heads, q] in float32, -inf where a query sees no key."""
     q = query.shape[2]
-    if q == 1:  # decoding
-        return _one_query(query, key, value, None if mask is None else mask[:, :, -1:], scale)
     own = key.shape[-2]
     if mask is None:
         if own == q:
@@ -145,9 +151,10 @@ def _own_part(query, key, value, mask, scale: float):
 
 
 def shared_prefix_attention(query, key, value, prefix, attention_mask, scaling=None):
-    """Attention over ``prefix`` (keys, values [1, kv, P, d], visible to every query) followed
-    by the rows' own ``key``/``value`` [b, kv, S, d]; ``attention_mask`` spans P + S (or is None:
-    no padding, causal). Returns [b, q, heads, d] and no weights."""
+    """A prefill's attention over ``prefix`` (keys, values [1, kv, P, d], visible to every
+    query) followed by the rows' own ``key``/``value`` [b, kv, S, d]; ``attention_mask`` spans
+    P + S (or is None: no padding, causal). Returns [b, q, heads, d] and no weights. The two
+    parts go through torch's flash kernel and are merged by their log-sum-exps."""
     pk, pv = prefix
     b, heads, q, d = query.shape
     kv, plen = pk.shape[1], pk.shape[-2]
@@ -159,17 +166,14 @@ def shared_prefix_attention(query, key, value, prefix, attention_mask, scaling=N
     own, own_lse = _own_part(query, key, value, mask, scale)
     # every row's queries of one key/value head stacked: [1, kv, b * group * q, d] x prefix
     stacked = query.reshape(b, kv, group * q, d).transpose(0, 1).reshape(1, kv, -1, d)
-    if q == 1:  # a decoding step: the two products (the flash kernel took 1.4 ms per layer)
-        pre, pre_lse = _products(stacked, pk, pv, None, scale)
-    else:
-        pre, pre_lse = _flash(stacked, pk, pv, 0.0, False, scale=scale)
+    pre, pre_lse = _flash(stacked, pk, pv, 0.0, False, scale=scale)
     # both parts' outputs (the kernel's laid out [batch, q, heads, d]) take these views uncopied
     pre = pre.view(kv, b, group * q, d).transpose(0, 1).reshape(b, heads, q, d)
     pre_lse = pre_lse.view(kv, b, group * q).transpose(0, 1).reshape(b, heads, q)
     # softmax over prefix and own keys = the two parts weighted by their shares of exp(lse);
     # the own part's share is 0 where it is empty (lse -inf)
     share_own = torch.sigmoid(own_lse - pre_lse)
-    out = torch.lerp(pre, own, share_own[..., None].to(own.dtype))  # float32 when decoding
+    out = torch.lerp(pre, own, share_own[..., None].to(own.dtype))
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 

@@ -80,6 +80,61 @@ def small_kernel_caches(entries: int = 16) -> None:
         os.environ.setdefault(name, str(entries))
 
 
+class _Packed:
+    """A linear layer's forward with its weight reordered once into oneDNN's blocked layout."""
+
+    def __init__(self, torch, weight, bias):
+        self.ops = torch.ops.mkldnn
+        self.weight = self.ops._reorder_linear_weight(weight.detach())
+        self.bias = None if bias is None else bias.detach()
+
+    def __call__(self, x):
+        return self.ops._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+
+def pack_linears(model) -> int:
+    """Give every bfloat16 ``nn.Linear`` of ``model`` a forward that reads its weight reordered
+    once into oneDNN's blocked layout (the ops torch.compile uses for CPU inference); returns
+    how many were packed, 0 where this torch has no such ops. :func:`unpack_linears` undoes it.
+
+    A plain bf16 ``linear`` hands oneDNN the weight as stored, and every call copies it into
+    blocks first. Measured here (2 cores), the same products, bit for bit: 64 rows x 576 ->
+    1,536 took 0.32 ms plain and 0.27 packed, the 49,152-token LM head 11.4 ms and 9.3, one
+    row 0.06 and 0.03; a prefill's thousands of rows gain nothing. The packed copies take the
+    linear weights' memory once more (270 MB for the default model, its tied LM head included).
+    Each layer is checked against the plain product once; any difference and none is packed.
+    """
+    import torch
+
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")):
+        return 0
+    layers = [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
+    ]
+    try:
+        with torch.inference_mode():
+            for m in layers:
+                m.forward = _Packed(torch, m.weight, m.bias)
+                probe = torch.randn(3, m.in_features, dtype=m.weight.dtype)
+                plain = torch.nn.functional.linear(probe, m.weight, m.bias)
+                if not torch.equal(m.forward(probe), plain):
+                    raise RuntimeError("packed linear differs")
+    except RuntimeError:
+        unpack_linears(model)
+        return 0
+    return len(layers)
+
+
+def unpack_linears(model) -> None:
+    """Give packed linear layers back their plain forward."""
+    for m in model.modules():
+        if isinstance(m.__dict__.get("forward"), _Packed):
+            del m.forward
+
+
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -157,6 +212,7 @@ class HFBackend:
         decode_attention: bool = True,
         share_prefix: bool = True,
         reuse_rows: bool = True,
+        pack_weights: bool = True,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -190,7 +246,8 @@ class HFBackend:
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InputError(f"cannot load model {model.path!r}: {first}") from None
-        self.model.eval()
+        self.model.eval().requires_grad_(False)
+        self.packed_linears = pack_linears(self.model) if pack_weights else 0
         if decode_attention and self.model.config._attn_implementation == "sdpa":
             from .attention import register
 
