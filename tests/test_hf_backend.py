@@ -364,3 +364,33 @@ def test_packed_linear_weights_change_no_output(tiny_model):
     assert pack_linears(model) == len(linears)
     fp32 = make_backend("hf", tiny_model, dtype="float32", max_batch_size=4)
     assert fp32.packed_linears == 0  # float32 keeps torch's own products
+
+
+def test_prefill_in_groups_of_similar_length_gives_the_same_text(tiny_model):
+    """Rows of a batch prefilled in groups, each as wide as its own widest row (then decoded
+    together), give the texts of one rectangle for the whole batch (fp32): with a shared
+    prefix, without one, and for prompts that extend the last call's kept rows."""
+    params = Sampling(max_new_tokens=10)
+    grouped = make_backend("hf", tiny_model, max_batch_size=16, dtype="float32")
+    grouped.group_rows, grouped.group_overhead = 2, 0
+    whole = make_backend("hf", tiny_model, max_batch_size=16, dtype="float32", group_prefill=False)
+    short = [[{"role": "user", "content": "hi " * (1 + 3 * i)}] for i in range(6)]  # no prefix
+    calls = []
+    for batch in (chats(10), short):
+        ids = grouped._encode([grouped.render(c) for c in batch])
+        shared = grouped._shared_prefix(ids)
+        assert len(grouped._groups([len(x) - shared for x in ids])) > 1
+        calls.append(shared)
+        got = grouped.generate(batch, params)
+        assert [c[0].text for c in got] == [c[0].text for c in whole.generate(batch, params)]
+    assert calls[0] >= 32 and calls[1] == 0
+    first = grouped.generate(chats(10), params)
+    whole.generate(chats(10), params)
+    follow = [
+        c + [{"role": "assistant", "content": f[0].text}, {"role": "user", "content": "Now " * i}]
+        for i, (c, f) in enumerate(zip(chats(10), first), start=1)
+    ]
+    before = grouped.reused_tokens
+    got = grouped.generate(follow, params)
+    assert grouped.reused_tokens > before
+    assert [c[0].text for c in got] == [c[0].text for c in whole.generate(follow, params)]
