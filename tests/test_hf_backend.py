@@ -394,3 +394,24 @@ def test_prefill_in_groups_of_similar_length_gives_the_same_text(tiny_model):
     got = grouped.generate(follow, params)
     assert grouped.reused_tokens > before
     assert [c[0].text for c in got] == [c[0].text for c in whole.generate(follow, params)]
+
+
+def test_a_prompt_sharing_only_its_start_with_a_kept_row_reuses_that_start(tiny_model):
+    """The next round's critique prompt shares its question, not the whole prompt, with the
+    last revision row: the common start is read from the kept row, the rest computed; fp32
+    text as computing every token."""
+    params = Sampling(max_new_tokens=6)
+    reusing = make_backend("hf", tiny_model, max_batch_size=8, dtype="float32")
+    fresh = make_backend("hf", tiny_model, max_batch_size=8, dtype="float32", reuse_rows=False)
+    question = [f"Row {i} asks a question of some length, number {i}." for i in range(6)]
+    first = [FEW_SHOT + [{"role": "user", "content": q + " First answer."}] for q in question]
+    then = [FEW_SHOT + [{"role": "user", "content": q + " Then another."}] for q in question]
+    reusing.generate(first, params)
+    ids = reusing._encode([reusing.render(c) for c in then])
+    shared = reusing._shared_prefix(ids)
+    found = reusing._find_kept(ids, shared)
+    assert all(f is not None and f[1] >= 8 for f in found)  # the question's tokens at least
+    assert all(f[1] < len(x) - shared - 3 for f, x in zip(found, ids))  # not the new words
+    got = reusing.generate(then, params)
+    assert reusing.reused_tokens >= sum(f[1] for f in found) - 8 * len(found)
+    assert [c[0].text for c in got] == [c[0].text for c in fresh.generate(then, params)]

@@ -237,7 +237,7 @@ class HFBackend:
         self.group_rows, self.group_overhead = 8, 64  # see _groups
         self._prefix: tuple[tuple[int, ...], object] | None = None
         # the last generate call's rows, whose keys and values a later prompt may extend
-        self._kept: dict[int, dict[tuple[int, ...], list[_Kept]]] = {}
+        self._kept: list[_Kept] = []
         self.reused_tokens = 0  # prompt tokens read from kept rows instead of computed
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         self.dtype = resolve_dtype(dtype)
@@ -327,7 +327,7 @@ class HFBackend:
         ids = self._encode([c if isinstance(c, str) else self.render(c) for c in chats])
         shared = self._shared_prefix(ids)
         found = self._find_kept(ids, shared)
-        self._kept = {}  # replaced by this call's rows
+        self._kept = []  # replaced by this call's rows
         out: list[list[Completion]] = [[] for _ in chats]
         step = max(1, self.max_batch_size // params.n)  # rows x samples under the batch size
         for b, batch in enumerate(
@@ -348,31 +348,33 @@ class HFBackend:
     def forget(self) -> None:
         """Drop the cached prefix and the kept rows: the next call computes every token."""
         self._prefix = None
-        self._kept = {}
+        self._kept = []
 
     def _find_kept(
         self, ids: list[list[int]], shared: int, last: Sequence[int] | None = None
     ) -> list[tuple[_Kept, int] | None]:
-        """Per row, a kept row of the last call whose tokens begin this row's prompt (its prompt
-        at least, then as many of its generated tokens as match) and how many of this row's own
-        tokens after ``shared`` it covers, leaving the row's ``last`` tokens (1 by default) to
-        compute."""
+        """Per row, the kept row of the last call (its prompt, then the generated tokens fed
+        back) that begins with the longest run of this row's tokens, and how many of this row's
+        own tokens after ``shared`` that run covers, leaving the row's ``last`` tokens (1 by
+        default) to compute. A revision prompt extends its critique row (prompt and critique);
+        the next round's critique prompt shares its question with the last revision row."""
         found: list[tuple[_Kept, int] | None] = [None] * len(ids)
         if not self._kept or not shared or not self._sharing():
             return found
+        # kept rows by their tokens up to the first past our shared prefix, whose own part does
+        # not start inside it
+        index: dict[tuple[int, ...], list[_Kept]] = {}
+        for kept in self._kept:
+            if kept.prefix <= shared < len(kept.tokens):
+                index.setdefault(kept.tokens[: shared + 1], []).append(kept)
         for i, x in enumerate(ids):
             best, best_end = None, shared
-            for length, table in self._kept.items():
-                if length > len(x):
-                    continue
-                for kept in table.get(tuple(x[:length]), ()):
-                    if kept.prefix > shared:  # its own part starts inside our shared prefix
-                        continue
-                    end, toks = length, kept.tokens
-                    while end < len(toks) and end < len(x) and toks[end] == x[end]:
-                        end += 1
-                    if end > best_end:
-                        best, best_end = kept, end
+            for kept in index.get(tuple(x[: shared + 1]), ()):
+                end, toks = shared + 1, kept.tokens
+                while end < len(toks) and end < len(x) and toks[end] == x[end]:
+                    end += 1
+                if end > best_end:
+                    best, best_end = kept, end
             covered = min(best_end, len(x) - (last[i] if last else 1)) - shared
             if best is not None and covered > 0:
                 found[i] = (best, covered)
@@ -504,9 +506,7 @@ class HFBackend:
             return
         torch = self.torch
         size = self._cache_bytes(past)
-        held = {
-            id(k.past): k.past for table in self._kept.values() for ks in table.values() for k in ks
-        }
+        held = {id(k.past): k.past for k in self._kept}
         if size + sum(self._cache_bytes(p) for p in held.values()) > self.memory_budget // 4:
             return  # kept rows hold at most a quarter of the batch memory budget
         for j, row in enumerate(rows):
@@ -515,7 +515,7 @@ class HFBackend:
             own = torch.nonzero(own_mask[j]).flatten().tolist()
             positions = torch.tensor(own + list(range(width, width + n)))
             kept = _Kept(tuple(row) + tuple(gen[:n]), shared, past, j, positions)
-            self._kept.setdefault(len(row), {}).setdefault(tuple(row), []).append(kept)
+            self._kept.append(kept)
 
     @staticmethod
     def _cache_bytes(past) -> int:
