@@ -1,11 +1,12 @@
 """transformers engine: the CPU default.
 
 Handles: chat templating, length-sorted left-padded batches sized to the memory available,
-greedy or sampled decoding with ``n`` samples per chat, stop at the tokenizer's end-of-turn
-token, a shared-prefix KV cache held once per batch, the last call's rows reused by prompts that
-extend them (a revision after its critique, options scored after written reasoning), and option
-log-probs from one forward pass. Does not handle: tensor parallelism or paged attention (use the
-vllm engine on a GPU).
+prefilled in groups of rows of similar length, greedy or sampled decoding with ``n`` samples per
+chat, stop at the tokenizer's end-of-turn token, a shared-prefix KV cache held once per batch, the
+last call's rows reused by prompts that begin like them (a revision after its critique, the next
+round's critique after the revision, options scored after written reasoning), bf16 linear weights
+packed once for oneDNN, and option log-probs from one forward pass. Does not handle: tensor
+parallelism or paged attention (use the vllm engine on a GPU).
 """
 
 from __future__ import annotations
