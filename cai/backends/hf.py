@@ -115,11 +115,12 @@ def pack_linears(model) -> int:
         for m in model.modules()
         if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
     ]
+    rng = torch.Generator().manual_seed(0)  # the probes leave torch's global seed alone
     try:
         with torch.inference_mode():
             for m in layers:
                 m.forward = _Packed(torch, m.weight, m.bias)
-                probe = torch.randn(3, m.in_features, dtype=m.weight.dtype)
+                probe = torch.randn(3, m.in_features, generator=rng).to(m.weight.dtype)
                 plain = torch.nn.functional.linear(probe, m.weight, m.bias)
                 if not torch.equal(m.forward(probe), plain):
                     raise RuntimeError("packed linear differs")
@@ -237,7 +238,7 @@ class HFBackend:
         self.group_prefill = group_prefill
         self.group_rows, self.group_overhead = 8, 64  # see _groups
         self._prefix: tuple[tuple[int, ...], object] | None = None
-        # the last generate call's rows, whose keys and values a later prompt may extend
+        # the last generate call's rows, whose keys and values a later prompt may begin with
         self._kept: list[_Kept] = []
         self.reused_tokens = 0  # prompt tokens read from kept rows instead of computed
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
