@@ -49,6 +49,11 @@ class _Layout(NamedTuple):
     held: int
     width: int
 
+    @property
+    def positions(self):
+        """Each token's position in its row, the padding before it not counted."""
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+
 
 def keep_freed_memory() -> None:
     """Stop glibc from unmapping large freed blocks (it then page-faults them back each step).
@@ -445,7 +450,7 @@ class HFBackend:
         """
         torch = self.torch
         width, held = lay.width, lay.held
-        positions = (lay.mask.cumsum(-1) - 1).clamp(min=0)
+        positions = lay.positions
         layers = past.layers
         rows = len(input_ids)
         for group in groups:
@@ -567,8 +572,9 @@ class HFBackend:
         groups = self._groups(needs) if self.group_prefill else [list(range(len(rows)))]
         spans = [0] * len(rows)
         for group in groups:
+            span = max(needs[i] for i in group)
             for i in group:
-                spans[i] = max(needs[j] for j in group)
+                spans[i] = span
         lay = self._layout(tails, reuse, shared, spans)
         held, width = lay.held, lay.width
         prefix = rows[0][:shared]
@@ -680,7 +686,7 @@ class HFBackend:
             lay = self._layout(tails, reuse, shared)
             wide = lay.width - lay.held
             tail_ids = torch.tensor([[pad] * (wide - len(c)) + c for c in lay.computed])
-            positions = (lay.mask.cumsum(-1) - 1).clamp(min=0)[:, shared + lay.held :]
+            positions = lay.positions[:, shared + lay.held :]
             past = None
             if shared:
                 prefix = rows[batch[0]][:shared]
