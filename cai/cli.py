@@ -85,6 +85,24 @@ DtypeOpt = Annotated[
         "natively, else float32)"
     ),
 ]
+GpuMemoryOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="vllm: share of the device's memory to reserve (on a CPU, of its NUMA node's); "
+        "default: 85% of what the GPU has free, on a CPU a KV cache of 30% of the memory free"
+    ),
+]
+TensorParallelOpt = Annotated[int, typer.Option(help="vllm: GPUs per model (tensor parallel)")]
+MaxModelLenOpt = Annotated[
+    Optional[int], typer.Option(help="vllm: context length at most (default: the model's)")
+]
+EnforceEagerOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--enforce-eager/--no-enforce-eager",
+        help="vllm: run the model without compiling it (default: on a CPU yes, on a GPU no)",
+    ),
+]
 RetryForOpt = Annotated[
     float,
     typer.Option(help="openai: stop (exit 3, resumable) after this many seconds with no answer"),
@@ -115,6 +133,10 @@ def engine_options(
     concurrency: int = 8,
     retry_for: float = 300.0,
     dtype: str = "auto",
+    gpu_memory_utilization: float | None = None,
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
+    enforce_eager: bool | None = None,
 ) -> dict:
     """Keyword arguments of ``make_backend`` for the chosen engine."""
     import os
@@ -141,7 +163,36 @@ def engine_options(
         )
     elif base_url:
         raise InputError(f"--base-url is for --backend openai (the backend is {backend})")
+    vllm_only = {
+        "--gpu-memory-utilization": gpu_memory_utilization is not None,
+        "--tensor-parallel-size": tensor_parallel_size != 1,
+        "--max-model-len": max_model_len is not None,
+        "--enforce-eager": enforce_eager is not None,
+    }
+    given = [flag for flag, set_ in vllm_only.items() if set_]
+    if backend != "vllm":
+        if given:
+            raise InputError(f"{given[0]} is for --backend vllm (the backend is {backend})")
+        return options
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise InputError(
+            f"--gpu-memory-utilization must be in (0, 1] (got {gpu_memory_utilization})"
+        )
+    if tensor_parallel_size < 1 or (max_model_len is not None and max_model_len < 1):
+        raise InputError("--tensor-parallel-size and --max-model-len must be at least 1")
+    options.update(
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
+    )
     return options
+
+
+def engine_record(engine) -> dict:
+    """What a manifest records about a loaded engine: name, dtype, device and its options."""
+    info = engine.info() if hasattr(engine, "info") else {}
+    return {"backend": engine.name, "dtype": getattr(engine, "dtype", None), **info}
 
 
 def _err(text: str) -> None:
@@ -281,11 +332,15 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("cai", "torch", "transformers", "trl", "vllm"):
+    for pkg in ("cai", "torch", "transformers", "trl"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    from .backends.vllm import vllm_version
+
+    if vllm_version():
+        out["vllm"] = vllm_version()
     return out
 
 

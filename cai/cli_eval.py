@@ -10,14 +10,24 @@ from typing import Annotated, Optional
 import typer
 
 from .cli import (
+    ApiKeyEnvOpt,
+    BackendOpt,
+    BaseUrlOpt,
+    ConcurrencyOpt,
     ConstitutionOpt,
     DtypeOpt,
+    EnforceEagerOpt,
+    GpuMemoryOpt,
+    MaxModelLenOpt,
     PromptsOpt,
+    RetryForOpt,
+    TensorParallelOpt,
     _err,
     _Progress,
     _versions,
     engine_options,
     eval_app,
+    resolve_for,
 )
 from .errors import InputError
 
@@ -48,11 +58,19 @@ def eval_compare(
     out: Annotated[Path, typer.Option(help="run directory (caches answers and judgements)")] = Path(
         "runs/compare"
     ),
-    backend: Annotated[str, typer.Option(help="auto | hf | vllm")] = "auto",
+    backend: BackendOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = None,
+    concurrency: ConcurrencyOpt = 8,
+    retry_for: RetryForOpt = 300.0,
     batch_size: Annotated[
         int, typer.Option(help="hf: rows per forward pass at most (fewer if memory is short)")
     ] = 64,
     dtype: DtypeOpt = "auto",
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    max_model_len: MaxModelLenOpt = None,
+    enforce_eager: EnforceEagerOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print compare.json, no table")] = False,
     html: Annotated[Optional[Path], typer.Option(help="also write an HTML report here")] = None,
 ) -> None:
@@ -60,7 +78,6 @@ def eval_compare(
     from .backends import Sampling, make_backend, pick_backend
     from .constitution import load_constitution
     from .inputs import load_prompts
-    from .models import resolve_model
     from .stages.compare import CompareSettings, compare, contestants, load_answers
     from .store import RunDir, write_atomic
 
@@ -73,19 +90,31 @@ def eval_compare(
     chosen = pick_backend(backend)
     cons = load_constitution(constitution)
     items = load_prompts(prompts, limit)
-    players = contestants(model or [], answers or [], baseline)
+    players = contestants(model or [], answers or [], baseline, served=chosen == "openai")
     for c in players:
         if c.kind == "answers":
             load_answers(Path(c.source), items)  # a bad file fails before any model loads
     settings = CompareSettings(
-        judge=resolve_model(judge).path,
+        judge=resolve_for(chosen, judge).path,
         ensemble=ensemble,
         sampling=Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
         seed=seed,
         tie_margin=tie_margin,
         resamples=resamples,
     )
-    options = engine_options(chosen, batch_size=batch_size, dtype=dtype)
+    options = engine_options(
+        chosen,
+        batch_size=batch_size,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        retry_for=retry_for,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
+    )
 
     def progress(what: str, total: int) -> _Progress:
         bar = _Progress(what)
@@ -100,6 +129,7 @@ def eval_compare(
             "status": "running",
             "contestants": [c.__dict__ for c in players],
             "prompts": prompts,
+            "backend": chosen,
             "versions": _versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

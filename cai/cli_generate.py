@@ -16,13 +16,18 @@ from .cli import (
     ConcurrencyOpt,
     ConstitutionOpt,
     DtypeOpt,
+    EnforceEagerOpt,
+    GpuMemoryOpt,
+    MaxModelLenOpt,
     ModelOpt,
     PromptsOpt,
     RetryForOpt,
+    TensorParallelOpt,
     _err,
     _Progress,
     _versions,
     engine_options,
+    engine_record,
     generate_app,
     resolve_for,
 )
@@ -53,6 +58,10 @@ def generate_critiques(
         int, typer.Option(help="hf: rows per forward pass at most (fewer if memory is short)")
     ] = 64,
     dtype: DtypeOpt = "auto",
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    max_model_len: MaxModelLenOpt = None,
+    enforce_eager: EnforceEagerOpt = None,
     chunk_size: Annotated[
         Optional[int],
         typer.Option(
@@ -90,6 +99,10 @@ def generate_critiques(
         concurrency=concurrency,
         retry_for=retry_for,
         dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
     )
     cons = load_constitution(constitution)
     items = load_prompts(prompts, limit)
@@ -139,8 +152,7 @@ def generate_critiques(
             "constitution": cons.info(),
             "prompts": prompts,
             "model_path": resolved.path,
-            "backend": engine.name,
-            "dtype": getattr(engine, "dtype", None),
+            **engine_record(engine),
             "versions": _versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -238,6 +250,10 @@ def generate_preferences(
         int, typer.Option(help="hf: rows per forward pass at most (fewer if memory is short)")
     ] = 64,
     dtype: DtypeOpt = "auto",
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    max_model_len: MaxModelLenOpt = None,
+    enforce_eager: EnforceEagerOpt = None,
 ) -> None:
     """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""
     from .backends import Sampling, make_backend, pick_backend
@@ -264,6 +280,10 @@ def generate_preferences(
         concurrency=concurrency,
         retry_for=retry_for,
         dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
     )
     cons = load_constitution(constitution)
     if pairs is not None:
@@ -301,8 +321,7 @@ def generate_preferences(
             "status": "running",
             "constitution": cons.info(),
             "prompts": pairs or prompts,
-            "backend": judge_engine.name,
-            "dtype": getattr(judge_engine, "dtype", None),
+            **engine_record(judge_engine),
             "versions": _versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -319,6 +338,8 @@ def generate_preferences(
                     items, policy_engine, run, samples, sampling, progress
                 )
                 progress.stop()
+                if policy_engine is not judge_engine and hasattr(policy_engine, "close"):
+                    policy_engine.close()  # its memory goes back before the judging
                 pair_list = sample_pairs(items, answers, keys)
             progress = _Progress("judgements")
             summary = judge_pairs(

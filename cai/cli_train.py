@@ -15,12 +15,17 @@ from .cli import (
     ConcurrencyOpt,
     ConstitutionOpt,
     DtypeOpt,
+    EnforceEagerOpt,
+    GpuMemoryOpt,
+    MaxModelLenOpt,
     ModelOpt,
     PromptsOpt,
     RetryForOpt,
+    TensorParallelOpt,
     _err,
     data_app,
     engine_options,
+    engine_record,
     eval_app,
     train_app,
 )
@@ -39,7 +44,13 @@ def eval_labeler(
     concurrency: ConcurrencyOpt = 8,
     retry_for: RetryForOpt = 300.0,
     dtype: DtypeOpt = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="also write the result as JSON here")] = None,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    max_model_len: MaxModelLenOpt = None,
+    enforce_eager: EnforceEagerOpt = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="also write the result, item by item, as JSON here")
+    ] = None,
 ) -> None:
     """Score a feedback model against human labels: accuracy (both orders) and calibration."""
     from .backends import make_backend, pick_backend
@@ -57,12 +68,16 @@ def eval_labeler(
         concurrency=concurrency,
         retry_for=retry_for,
         dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+        enforce_eager=enforce_eager,
     )
-    result = evaluate_labeler(data, make_backend(chosen, model, **options), cons, limit)
-    text = dumps(result)
+    engine = make_backend(chosen, model, **options)
+    result = {**evaluate_labeler(data, engine, cons, limit), "engine": engine_record(engine)}
     if out:
-        write_atomic(out, text + "\n")
-    typer.echo(text)
+        write_atomic(out, dumps(result) + "\n")
+    typer.echo(dumps(result, per_item=False))
 
 
 @data_app.command("import-hh")
@@ -236,6 +251,18 @@ def _rl_command(algo: str):
         out: Annotated[Path, typer.Option(help="where the trained policy goes")],
         model: ModelOpt = "default",
         judge: Annotated[str, typer.Option(help="feedback model for constitution:")] = "default",
+        judge_backend: Annotated[
+            str, typer.Option(help="the judge's engine: auto | hf | vllm | openai (--base-url)")
+        ] = "hf",
+        base_url: BaseUrlOpt = None,
+        api_key_env: ApiKeyEnvOpt = None,
+        concurrency: ConcurrencyOpt = 8,
+        retry_for: RetryForOpt = 300.0,
+        dtype: DtypeOpt = "auto",
+        gpu_memory_utilization: GpuMemoryOpt = None,
+        tensor_parallel_size: TensorParallelOpt = 1,
+        max_model_len: MaxModelLenOpt = None,
+        enforce_eager: EnforceEagerOpt = None,
         ensemble: Annotated[int, typer.Option(help="principles per comparison")] = 2,
         beta: Annotated[float, typer.Option(help="KL penalty to the reference model")] = 0.04,
         generations: Annotated[int, typer.Option(help="completions per prompt (group size)")] = 2,
@@ -257,8 +284,22 @@ def _rl_command(algo: str):
         resume: ResumeOpt = False,
         accelerate_config: AccelerateOpt = None,
     ) -> None:
+        from .backends import pick_backend
         from .train.rl import train_rl
 
+        chosen = pick_backend(judge_backend)
+        judge_options = engine_options(
+            chosen,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            retry_for=retry_for,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+        )
         if beta < 0 or generations < 2 or max_completion_length < 1 or ensemble < 1:
             raise InputError(
                 "--beta must be >= 0, --generations >= 2, --max-completion-length "
@@ -277,6 +318,8 @@ def _rl_command(algo: str):
             generations=generations,
             max_completion_length=max_completion_length,
             judge=judge,
+            judge_backend=chosen,
+            judge_options=judge_options,
             ensemble=ensemble,
             limit=limit,
             length_factor=length_factor,

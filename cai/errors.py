@@ -48,6 +48,10 @@ class RunLockedError(CaiError):
     """Another cai process is writing the same run directory."""
 
 
+class EngineError(CaiError):
+    """An inference engine that cannot start (no memory for it, an unsupported model, ...)."""
+
+
 class BackendUnavailable(CaiError):
     """No server answered for too long (exit code 3: try again later; the run resumes).
 

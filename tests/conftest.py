@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def build_tiny_model(out: Path, seed: int = 0) -> Path:
+def build_tiny_model(out: Path, seed: int = 0, hidden_size: int = 16) -> Path:
+    """Random weights, 2 layers, 2 attention heads of ``hidden_size / 2`` (vLLM's CPU attention
+    takes heads of 32 and more: ``hidden_size=64``)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -29,8 +31,8 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=1,
@@ -57,6 +59,12 @@ def build_tiny_model(out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_model(tmp_path_factory) -> str:
+    """The tiny model with heads vLLM's CPU attention computes (32 wide)."""
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama-64", hidden_size=64))
 
 
 @pytest.fixture

@@ -62,8 +62,8 @@ def model_fingerprint(path: str) -> str:
     return key("model", path, files)
 
 
-def model_contestant(spec: str) -> Contestant:
-    """``MODEL`` or ``NAME=MODEL``."""
+def model_contestant(spec: str, served: bool = False) -> Contestant:
+    """``MODEL`` or ``NAME=MODEL``; with ``served``, MODEL is the name servers know it by."""
     from ..models import resolve_model
 
     name = None
@@ -71,22 +71,29 @@ def model_contestant(spec: str) -> Contestant:
         name, spec = spec.split("=", 1)
         if not NAME.match(name):
             raise InputError(f"contestant name {name!r}: use letters, digits and . _ + -")
+    if served:
+        return Contestant(name or spec, "model", spec, key("served model", spec))
     resolved = resolve_model(spec)
     return Contestant(
         name or resolved.label, "model", resolved.path, model_fingerprint(resolved.path)
     )
 
 
-def contestants(models: Sequence[str], answers: Sequence[str], baseline: str) -> list[Contestant]:
-    """The baseline first, then ``--model`` and ``--answers`` contestants in the order given."""
+def contestants(
+    models: Sequence[str], answers: Sequence[str], baseline: str, served: bool = False
+) -> list[Contestant]:
+    """The baseline first, then ``--model`` and ``--answers`` contestants in the order given;
+    with ``served``, model names are the servers' (the openai engine)."""
     files = []
     for spec in answers:
         name, sep, path = spec.partition("=")
         if not sep or not NAME.match(name) or not path:
             raise InputError(f"--answers takes NAME=FILE (got {spec!r})")
         files.append(Contestant(name, "answers", path))
-    base = next((c for c in files if c.name == baseline), None) or model_contestant(baseline)
-    out = [base] + [c for c in (model_contestant(m) for m in models) if c != base]
+    base = next((c for c in files if c.name == baseline), None) or model_contestant(
+        baseline, served
+    )
+    out = [base] + [c for c in (model_contestant(m, served) for m in models) if c != base]
     out += [c for c in files if c is not base]
     names = [c.name for c in out]
     for n in names:
@@ -122,9 +129,16 @@ def load_answers(path: Path, items: Sequence[PromptItem]) -> dict[str, str]:
 
 
 def model_answers(
-    c: Contestant, items: Sequence[PromptItem], run: RunDir, sampling: Sampling, load, progress
+    c: Contestant,
+    items: Sequence[PromptItem],
+    run: RunDir,
+    sampling: Sampling,
+    load,
+    progress,
+    release=lambda engine: None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """One answer per prompt from model ``c`` (resumable); loads it only when answers are due."""
+    """One answer per prompt from model ``c`` (resumable); loads it only when answers are due,
+    and hands the engine to ``release`` when they are written."""
     log = run.log("answers.jsonl")
     keys = {it.id: key("answer", c.fingerprint, sampling.as_dict(), it.messages) for it in items}
     have = {r["key"]: r for r in log.read()}
@@ -151,7 +165,7 @@ def model_answers(
             log.append(recs)
             have.update({r["key"]: r for r in recs})
         bar.stop()
-        del engine
+        release(engine)
     return {it.id: have[keys[it.id]] for it in items}, len(todo)
 
 
@@ -250,6 +264,10 @@ def compare(
             kept[spec] = engine
         return engine
 
+    def release(engine) -> None:  # an engine that is not the judge frees its memory
+        if all(engine is not e for e in kept.values()) and hasattr(engine, "close"):
+            engine.close()
+
     def bar(what: str, total: int):
         b = progress(what, total) if progress else _NoBar()
         return b
@@ -260,7 +278,7 @@ def compare(
             texts[c.name] = load_answers(Path(c.source), items)
             meta[c.name] = {"cut_at_limit": None}
             continue
-        recs, n = model_answers(c, items, run, settings.sampling, load_logged, bar)
+        recs, n = model_answers(c, items, run, settings.sampling, load_logged, bar, release)
         new_answers += n
         texts[c.name] = {pid: r["answer"] for pid, r in recs.items()}
         cut = sum(r["finish_reason"] == "length" for r in recs.values())

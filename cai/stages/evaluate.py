@@ -9,7 +9,9 @@ Two formats, detected per line:
 - pairs: ``prompt``/``chosen``/``rejected``. Each pair is judged like a preference label (a drawn
   principle's comparison question, few-shot examples, option log-probs), in both orders.
 
-Reports accuracy (overall and per order for pairs) and expected calibration error over 10 bins.
+Reports accuracy (overall and per order for pairs) and expected calibration error over 10 bins,
+and each item's probabilities (``per_item``: the options', or P(chosen) in each order) so that a
+result can be audited item by item.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def load_eval(path: Path) -> tuple[list[dict], list[dict]]:
 
 
 def eval_multiple_choice(backend: Backend, items: list[dict]) -> dict[str, Any]:
-    conf, right = [], []
+    conf, right, per_item = [], [], []
     for item in items:
         scores = backend.choice_logprobs(
             [item["prompt"]], [" " + o.strip() for o in item["options"]]
@@ -104,7 +106,13 @@ def eval_multiple_choice(backend: Backend, items: list[dict]) -> dict[str, Any]:
         best = max(range(len(probs)), key=probs.__getitem__)
         conf.append(probs[best])
         right.append(best < item["n_correct"])
-    return {"items": len(items), "accuracy": sum(right) / len(right), "ece": ece(conf, right)}
+        per_item.append({"probs": probs, "correct": right[-1]})
+    return {
+        "items": len(items),
+        "accuracy": sum(right) / len(right),
+        "ece": ece(conf, right),
+        "per_item": per_item,
+    }
 
 
 def eval_pairs(
@@ -142,6 +150,7 @@ def eval_pairs(
         "accuracy_chosen_first": sum(per_order["AB"]) / len(per_order["AB"]),
         "accuracy_chosen_second": sum(per_order["BA"]) / len(per_order["BA"]),
         "ece": ece(conf, right),
+        "per_item": [{"p_chosen": dict(zip(ORDERS, p_chosen[i]))} for i in range(len(p_chosen))],
     }
 
 
@@ -157,5 +166,11 @@ def evaluate_labeler(
     return out
 
 
-def dumps(result: dict[str, Any]) -> str:
+def dumps(result: dict[str, Any], per_item: bool = True) -> str:
+    """The result as JSON; without ``per_item``, the summary alone."""
+    if not per_item:
+        result = {
+            k: {kk: vv for kk, vv in v.items() if kk != "per_item"} if isinstance(v, dict) else v
+            for k, v in result.items()
+        }
     return json.dumps(result, indent=2)

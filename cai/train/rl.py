@@ -192,6 +192,8 @@ def train_rl(
     generations: int = 2,
     max_completion_length: int = 64,
     judge: str = "default",
+    judge_backend: str = "hf",
+    judge_options: dict | None = None,
     ensemble: int = 2,
     limit: int | None = None,
     length_factor: float = 2.0,
@@ -217,11 +219,12 @@ def train_rl(
 
     from ..backends import make_backend
 
-    judge_backend = cache(lambda: make_backend("hf", judge))  # loaded once, only if needed
-    reward = make_reward(reward_spec, judge_backend, ensemble, settings.seed)
+    # loaded once, only if needed
+    judge_engine = cache(lambda: make_backend(judge_backend, judge, **(judge_options or {})))
+    reward = make_reward(reward_spec, judge_engine, ensemble, settings.seed)
     funcs, weights = [reward], [1.0]
     if watch_refusals and algo != "online-dpo":  # online DPO does not log per-function rewards
-        funcs.append(RefusalShare(judge_backend()))
+        funcs.append(RefusalShare(judge_engine()))
         weights.append(0.0)
     items = load_prompts(prompts_spec, limit)
     train = Dataset.from_list([{"prompt": it.chat} for it in items])
