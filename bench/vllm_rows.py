@@ -146,9 +146,9 @@ def stage_row(hf: dict, vl: dict, engine, starts: dict, args) -> dict:
     return row
 
 
-def alternate(sides: dict[str, Callable], repeats: int) -> dict[str, tuple[float, object]]:
+def alternate(sides: dict[str, Callable], repeats: int) -> dict[str, tuple[list[float], object]]:
     """Each side once as a warm-up, then the sides in turn (the order flipped every repeat):
-    per side, the median seconds and the last result."""
+    per side, the seconds of each repeat and the last result."""
     for fn in sides.values():
         fn()
     seconds: dict[str, list[float]] = {name: [] for name in sides}
@@ -157,18 +157,19 @@ def alternate(sides: dict[str, Callable], repeats: int) -> dict[str, tuple[float
         for name in list(sides)[:: 1 if r % 2 == 0 else -1]:
             results[name], s = timed(sides[name])
             seconds[name].append(s)
-    return {name: (statistics.median(seconds[name]), results[name]) for name in sides}
+    return {name: (seconds[name], results[name]) for name in sides}
 
 
 def overhead_row(name: str, runs: dict, **extra) -> dict:
     """Ours against the direct call, median seconds of each."""
-    (o, _), (d, _) = runs["ours"], runs["direct"]
+    o, d = (statistics.median(runs[side][0]) for side in ("ours", "direct"))
     return {
         "name": name,
         "ours": round(o, 3),
         "baseline": round(d, 3),
         "ratio": round(o / d, 3),
         "unit": f"{OVERHEAD} (cai's vllm engine / vLLM's LLM.generate on the same token ids)",
+        "seconds": {side: [round(s, 3) for s in runs[side][0]] for side in ("ours", "direct")},
         **extra,
     }
 

@@ -7,12 +7,17 @@ generates nonsense quickly, which is all the stage tests need.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +102,59 @@ def cai_subprocess(*args: str, env: dict | None = None, **kwargs) -> subprocess.
         text=True,
         **kwargs,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # the server goes when the test process goes, however it ends
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Server:
+    """`transformers serve MODEL` on 127.0.0.1:PORT; start(), kill() (SIGKILL), start() again."""
+
+    name = "transformers serve"
+    ready_in = 120.0  # seconds
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def __init__(self, model: str, log: Path, port: int | None = None):
+        self.model, self.log, self.port = model, log, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        serve = "from transformers.cli.transformers import main; main()"
+        return [sys.executable, "-c", serve, "serve", self.model, "--device", "cpu"]
+
+    def start(self) -> Server:
+        env = {**os.environ, **self.env}
+        cmd = self.command() + ["--host", "127.0.0.1", "--port", str(self.port)]
+        timeout = self.ready_in
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=log, env=env, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited early:\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.kill()
+        pytest.fail(f"{self.name} not ready in {timeout} s:\n{self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
 
 
 def critique_args(

@@ -8,79 +8,25 @@ the server answered, a small real HTTP proxy stands in front of the real server.
 
 from __future__ import annotations
 
-import ctypes
 import http.server
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, cai_subprocess, critique_args, read_jsonl, write_prompts
+from conftest import (
+    ROOT,
+    Server,
+    cai_subprocess,
+    critique_args,
+    free_port,
+    read_jsonl,
+    write_prompts,
+)
 
 KEY = "sk-cai-sentinel-5f0c2e9a"  # must never appear in any output
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # the server goes when the test process goes, however it ends
-    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-class Server:
-    """`transformers serve MODEL` on 127.0.0.1:PORT; start(), kill() (SIGKILL), start() again."""
-
-    def __init__(self, model: str, log: Path, port: int | None = None):
-        self.model, self.log, self.port = model, log, port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 120.0) -> Server:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        cmd = [
-            sys.executable,
-            "-c",
-            "from transformers.cli.transformers import main; main()",
-            "serve",
-            self.model,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--device",
-            "cpu",
-        ]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=log, env=env, preexec_fn=_die_with_parent
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"transformers serve exited early:\n{self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.kill()
-        pytest.fail(f"transformers serve not ready in {timeout} s:\n{self.log.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
 
 
 class Proxy:

@@ -142,6 +142,19 @@ def write_pairs(path: Path) -> Path:
     return path
 
 
+def write_labeler_data(path: Path) -> Path:
+    """Two multiple-choice items (the options share their first token " (") and three pairs."""
+    mc = {
+        "prompt": "Which reply is kinder?\n(A) Thank you.\n(B) Go away.\nThe answer is:",
+        "corrects": ["(A)"],
+        "incorrects": ["(B)"],
+    }
+    rows = [mc, {**mc, "corrects": ["(B)"], "incorrects": ["(A)"]}]
+    rows += read_jsonl(write_pairs(path.with_name("pairs-for-labeler.jsonl")))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def labels_by_key(run: Path) -> dict:
     return {r["key"]: r for r in read_jsonl(run / "labels.jsonl") if "skipped" not in r}
 
@@ -217,17 +230,7 @@ def test_preferences_sampling_a_policy_on_vllm(vllm_tiny_model, tmp_path):
 
 def test_eval_labeler_both_formats_on_vllm_match_hf(cli, vllm_tiny_model, tmp_path):
     _need_vllm()
-    data = tmp_path / "labels.jsonl"
-    mc = {
-        "prompt": "Which reply is kinder?\n(A) Thank you.\n(B) Go away.\nThe answer is:",
-        "corrects": ["(A)"],
-        "incorrects": ["(B)"],
-    }
-    mc2 = {**mc, "corrects": ["(B)"], "incorrects": ["(A)"]}
-    rows = [mc, mc2] + [
-        json.loads(x) for x in write_pairs(tmp_path / "p.jsonl").read_text().split("\n") if x
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = write_labeler_data(tmp_path / "labels.jsonl")
     args = ["eval", "labeler", "--data", data, "--model", vllm_tiny_model, "--dtype", "float32"]
     code, out, err = cli(*args, "--backend", "hf", "--out", tmp_path / "hf.json")
     assert code == 0, err
