@@ -135,8 +135,13 @@ class Server:
         cmd = self.command() + ["--host", "127.0.0.1", "--port", str(self.port)]
         timeout = self.ready_in
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=log, env=env, preexec_fn=_die_with_parent
+            self.proc = subprocess.Popen(  # a group of its own: kill() ends its workers too
+                cmd,
+                stdout=log,
+                stderr=log,
+                env=env,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -152,9 +157,13 @@ class Server:
         pytest.fail(f"{self.name} not ready in {timeout} s:\n{self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and any worker it started
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
 
 
 def critique_args(

@@ -37,8 +37,18 @@ def test_eval_labeler_reads_both_formats(cli, tiny_model, tmp_path):
     )
     assert code == 0, err
     result = json.loads(out.read_text())
-    assert result == json.loads(stdout)
+    printed = json.loads(stdout)  # the summary: the file without each item's probabilities
+    for part in ("multiple_choice", "pairs"):
+        assert {**printed[part], "per_item": result[part]["per_item"]} == result[part]
+    assert {k: v for k, v in printed.items() if k not in ("multiple_choice", "pairs")} == {
+        k: v for k, v in result.items() if k not in ("multiple_choice", "pairs")
+    }
     assert result["multiple_choice"]["items"] == 2 and result["pairs"]["pairs"] == 3
+    assert len(result["multiple_choice"]["per_item"]) == 2
+    assert all(
+        sum(item["probs"]) == pytest.approx(1) for item in result["multiple_choice"]["per_item"]
+    )
+    assert [sorted(item["p_chosen"]) for item in result["pairs"]["per_item"]] == [["AB", "BA"]] * 3
     for part in ("multiple_choice", "pairs"):
         assert 0 <= result[part]["accuracy"] <= 1 and 0 <= result[part]["ece"] <= 1
     for order in ("accuracy_chosen_first", "accuracy_chosen_second"):

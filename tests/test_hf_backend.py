@@ -334,6 +334,20 @@ def test_decode_attention_on_and_off_give_the_same_text(tiny_model):
         ]
 
 
+def packs_bit_for_bit(torch, linears) -> bool:
+    """Whether oneDNN's packed product equals the plain one on every layer, for random rows."""
+    ops = torch.ops.mkldnn
+    with torch.inference_mode():
+        for m in linears:
+            x = torch.randn(3, m.in_features).to(m.weight.dtype)
+            packed = ops._linear_pointwise(
+                x, ops._reorder_linear_weight(m.weight), m.bias, "none", [], ""
+            )
+            if not torch.equal(packed, torch.nn.functional.linear(x, m.weight, m.bias)):
+                return False
+    return True
+
+
 def test_packed_linear_weights_change_no_output(tiny_model):
     """bf16 linear layers read weights packed once for oneDNN: the same logits bit for bit and
     the same text as the plain layers; unpacking gives the plain forward back."""
@@ -346,6 +360,12 @@ def test_packed_linear_weights_change_no_output(tiny_model):
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     if not torch.backends.mkldnn.is_available():
         assert backend.packed_linears == 0
+        return
+    if not packs_bit_for_bit(torch, linears):
+        # on this CPU oneDNN's packed product rounds some layer differently (seen on an Intel
+        # Xeon without AVX512-BF16, at two threads): the engine keeps every layer plain
+        assert backend.packed_linears == 0
+        assert not any("forward" in m.__dict__ for m in linears)
         return
     assert backend.packed_linears == len(linears) > 0
     assert all(isinstance(m.forward, _Packed) for m in linears)
