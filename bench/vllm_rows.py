@@ -21,11 +21,14 @@ from pathlib import Path
 from run import Timed, judgements, stage_inputs, versus
 
 from cai.backends import Sampling, make_backend
+from cai.backends.vllm import sampling_params
 from cai.stages.critique import critique_revise
 from cai.store import RunDir
 
 CHOICES = ["A", "B"]
 OVERHEAD = "seconds, median (lower is better; goal ratio <= 1.05)"
+# each overhead row's template_and_tokenize_seconds: preparing its requests once, from the chats
+# (or rendered prompts) to token ids: the part of ours the direct side is not timed for
 
 
 class Recorded(Timed):
@@ -78,9 +81,7 @@ def hf_side(args) -> dict:
     import torch  # noqa: F401  (imported before the start-up is timed, as vllm is)
     import transformers  # noqa: F401
 
-    hf, start = timed(
-        lambda: make_backend("hf", "default", dtype="bfloat16", max_batch_size=args.batch_size)
-    )
+    hf, start = timed(lambda: make_backend("hf", "default", max_batch_size=args.batch_size))
     stage = run_stage(hf, args)
     _, prompts = judgements(hf, args.label_prompts)
     scores, seconds = timed(lambda: hf.choice_logprobs(prompts, CHOICES))
@@ -102,7 +103,7 @@ def vllm_rows(args) -> Iterator[dict]:
     hf = hf_side(args)
     gc.collect()  # the hf engine's weights go before the vllm engine starts
     _, import_s = timed(lambda: importlib.import_module("vllm"))
-    engine, start = timed(lambda: make_backend("vllm", "default", dtype="bfloat16"))
+    engine, start = timed(lambda: make_backend("vllm", "default"))
     try:
         recorded = Recorded(engine)
         stage = run_stage(recorded, args)
@@ -174,26 +175,13 @@ def overhead_row(name: str, runs: dict, **extra) -> dict:
     }
 
 
-def direct_params(params: Sampling):
-    """``vllm.SamplingParams`` as the vllm engine builds them from ``Sampling``."""
-    from vllm import SamplingParams
-
-    return SamplingParams(
-        n=params.n,
-        temperature=params.temperature,
-        top_p=params.top_p if params.temperature > 0 else 1.0,
-        max_tokens=params.max_new_tokens,
-        seed=params.seed,
-        repetition_penalty=params.repetition_penalty,
-    )
-
-
 def generate_overhead(engine, requests: list, stage_tokens: int, repeats: int) -> dict:
     """Every request of the stage replayed: ``VLLMBackend.generate`` from the chats against
     ``LLM.generate`` from the token ids, the same sampling parameters and ``LLM`` object."""
+    ids, prepare_s = timed(lambda: [token_ids(engine, chats) for chats, _ in requests])
     direct_requests = [
-        ([{"prompt_token_ids": ids} for ids in token_ids(engine, chats)], direct_params(params))
-        for chats, params in requests
+        ([{"prompt_token_ids": x} for x in rows], sampling_params(params))
+        for rows, (_, params) in zip(ids, requests)
     ]
 
     def ours() -> int:
@@ -213,7 +201,7 @@ def generate_overhead(engine, requests: list, stage_tokens: int, repeats: int) -
         requests=sum(len(chats) for chats, _ in requests),
         generated_tokens={**tokens, "stage": stage_tokens},
         tokens_equal=tokens["ours"] == tokens["direct"],
-        repeats=repeats,
+        template_and_tokenize_seconds=round(prepare_s, 3),
     )
 
 
@@ -241,7 +229,8 @@ def labels_overhead(engine, prompts: list[str], repeats: int) -> dict:
 
     from cai.backends.vllm import TOP_LOGPROBS
 
-    requests = [{"prompt_token_ids": ids} for ids in token_ids(engine, prompts)]
+    ids, prepare_s = timed(lambda: token_ids(engine, prompts))
+    requests = [{"prompt_token_ids": x} for x in ids]
     options = [engine.tok(c, add_special_tokens=False)["input_ids"][0] for c in CHOICES]
     sp = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS)
 
@@ -262,5 +251,5 @@ def labels_overhead(engine, prompts: list[str], repeats: int) -> dict:
         max_abs_logprob_difference=max(
             (abs(a - b) for a, b in pairs if b is not None), default=None
         ),
-        repeats=repeats,
+        template_and_tokenize_seconds=round(prepare_s, 3),
     )

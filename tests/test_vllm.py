@@ -250,25 +250,31 @@ def test_eval_labeler_both_formats_on_vllm_match_hf(cli, vllm_tiny_model, tmp_pa
     assert got["engine"]["backend"] == "vllm" and got["engine"]["device"] == "cpu"
 
 
-def test_eval_compare_on_vllm(vllm_tiny_model, tmp_path):
-    _need_vllm()
+def run_compare(model: str, tmp_path: Path, *engine: str) -> tuple[str, dict]:
+    """`cai eval compare` of ``model`` (as "m") against answers from a file (as "base") on 3
+    prompts, judged by ``model``; returns its stdout and compare.json."""
     prompts = write_prompts(tmp_path / "p.jsonl", 3)
     answers = tmp_path / "base.jsonl"
     answers.write_text(
-        "".join(json.dumps({"id": f"q{i}", "answer": "I cannot say."}) + "\n" for i in range(3))
+        "".join(json.dumps({"id": f"q{i}", "answer": "No."}) + "\n" for i in range(3))
     )
     code, out, err = run_cai(
         "eval", "compare", "--baseline", "base", "--answers", f"base={answers}",
-        "--model", f"tiny={vllm_tiny_model}", "--judge", vllm_tiny_model, "--prompts", prompts,
+        "--model", f"m={model}", "--judge", model, "--prompts", prompts,
         "--constitution", HARMLESS, "--ensemble", "1", "--max-new-tokens", "8", "--resamples", "50",
-        "--out", tmp_path / "cmp", "--backend", "vllm", "--json",
+        "--out", tmp_path / "cmp", *engine,
     )  # fmt: skip
     assert code == 0, err
-    result = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert result["counts"]["new_answers"] == 3
-    answers_written = read_jsonl(tmp_path / "cmp" / "answers.jsonl")
-    assert [a["contestant"] for a in answers_written] == ["tiny"] * 3
+    assert [a["contestant"] for a in read_jsonl(tmp_path / "cmp" / "answers.jsonl")] == ["m"] * 3
     assert len(read_jsonl(tmp_path / "cmp" / "refusals.jsonl")) == 6
+    return out, json.loads((tmp_path / "cmp" / "compare.json").read_text())
+
+
+def test_eval_compare_on_vllm(vllm_tiny_model, tmp_path):
+    _need_vllm()
+    _, result = run_compare(vllm_tiny_model, tmp_path, "--backend", "vllm")
+    assert result["counts"]["new_answers"] == 3
+    assert {p["model"] for p in result["pairs"]} == {"m"}
 
 
 def test_grpo_with_the_constitution_judge_on_vllm(vllm_tiny_model, tmp_path):

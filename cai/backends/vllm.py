@@ -85,6 +85,22 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def sampling_params(params: Sampling):
+    """``vllm.SamplingParams`` for ``params``. vLLM does not decode the text: the engine decodes
+    the token ids as the hf engine does, so both write one text for the same tokens."""
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p if params.temperature > 0 else 1.0,
+        max_tokens=params.max_new_tokens,
+        seed=params.seed,
+        repetition_penalty=params.repetition_penalty,
+        detokenize=False,
+    )
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -181,17 +197,7 @@ class VLLMBackend:
     def generate(
         self, chats: Sequence[Chat | str], params: Sampling, progress: Progress | None = None
     ) -> list[list[Completion]]:
-        from vllm import SamplingParams
-
-        sp = SamplingParams(
-            n=params.n,
-            temperature=params.temperature,
-            top_p=params.top_p if params.temperature > 0 else 1.0,
-            max_tokens=params.max_new_tokens,
-            seed=params.seed,
-            repetition_penalty=params.repetition_penalty,
-            detokenize=False,  # decoded below as the hf engine decodes, so both write one text
-        )
+        sp = sampling_params(params)
         reqs = [
             {"prompt_token_ids": self._encode(c if isinstance(c, str) else self.render(c))}
             for c in chats
