@@ -126,6 +126,7 @@ class VLLMBackend:
         self.chunk_size = chunk_size
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         env: dict[str, str] = {}
+        extra: dict[str, str] = {}
         if self.device == "cpu":
             from .hf import resolve_dtype
 
@@ -139,6 +140,7 @@ class VLLMBackend:
             env = {"OMP_NUM_THREADS": str(allowed_cores()), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
             if tensor_parallel_size == 1:  # the engine in this process: errors surface here
                 env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+                extra["distributed_executor_backend"] = "uni"
         else:
             memory = {"gpu_memory_utilization": gpu_memory_utilization or gpu_memory_share(torch)}
             eager = bool(enforce_eager)
@@ -148,9 +150,6 @@ class VLLMBackend:
             "max_model_len": max_model_len,
             "enforce_eager": eager,
         }
-        extra = {}
-        if env.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
-            extra["distributed_executor_backend"] = "uni"
         try:
             with _environ(env):
                 self.llm = LLM(
