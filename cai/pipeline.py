@@ -41,7 +41,7 @@ PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_-]+)\}")
 
 
 def commands() -> dict[str, Any]:
-    from . import cli_eval, cli_generate, cli_train
+    from .cli import evaluate as cli_eval, generate as cli_generate, train as cli_train
 
     return {
         "critiques": cli_generate.generate_critiques,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import (
+from . import (
     ApiKeyEnvOpt,
     BackendOpt,
     BaseUrlOpt,
@@ -29,7 +29,7 @@ from .cli import (
     eval_app,
     train_app,
 )
-from .errors import InputError
+from ..errors import InputError
 
 
 @eval_app.command("labeler")
@@ -53,10 +53,10 @@ def eval_labeler(
     ] = None,
 ) -> None:
     """Score a feedback model against human labels: accuracy (both orders) and calibration."""
-    from .backends import make_backend, pick_backend
-    from .constitution import load_constitution
-    from .stages.evaluate import dumps, evaluate_labeler, load_eval
-    from .store import write_atomic
+    from ..backends import make_backend, pick_backend
+    from ..constitution import load_constitution
+    from ..stages.evaluate import dumps, evaluate_labeler, load_eval
+    from ..store import write_atomic
 
     cons = load_constitution(constitution)
     load_eval(data)  # bad data fails before a model loads
@@ -86,7 +86,7 @@ def data_import_hh(
     out: Annotated[Path, typer.Option(help="where to write the preference JSONL")],
 ) -> None:
     """Convert Human:/Assistant: transcript pairs (chosen/rejected) to cai's preference format."""
-    from .hh import import_hh, write_preferences
+    from ..hh import import_hh, write_preferences
 
     records, problems = import_hh(file)
     write_preferences(records, out)
@@ -111,7 +111,7 @@ def relaunch_under_accelerate(config: Path | None) -> None:
     import subprocess
     import sys
 
-    from . import cli
+    from .. import cli
 
     if config is None or os.environ.get("CAI_UNDER_ACCELERATE") == "1":
         return
@@ -140,7 +140,7 @@ def relaunch_under_accelerate(config: Path | None) -> None:
 
 
 def _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume):
-    from .train import TrainSettings
+    from ..train import TrainSettings
 
     if lr <= 0 or epochs <= 0 or batch_size < 1 or max_steps == 0 or max_steps < -1:
         raise InputError(
@@ -184,7 +184,7 @@ def train_sft_cmd(
     accelerate_config: AccelerateOpt = None,
 ) -> None:
     """Supervised fine-tuning on the revisions (loss on the assistant's answer only)."""
-    from .train.sft import train_sft
+    from ..train.sft import train_sft
 
     settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, lora, resume)
     relaunch_under_accelerate(accelerate_config)
@@ -207,7 +207,7 @@ def train_rm_cmd(
     accelerate_config: AccelerateOpt = None,
 ) -> None:
     """A reward model fit to the soft labels; reports held-out accuracy and calibration."""
-    from .train.rm import train_rm
+    from ..train.rm import train_rm
 
     settings = _train_settings(model, out, lr, epochs, max_steps, batch_size, seed, False, resume)
     relaunch_under_accelerate(accelerate_config)
@@ -233,7 +233,7 @@ def train_dpo_cmd(
     accelerate_config: AccelerateOpt = None,
 ) -> None:
     """DPO on AI preference labels; each pair shown as labelled with probability p_chosen."""
-    from .train.dpo import train_dpo
+    from ..train.dpo import train_dpo
 
     if beta <= 0 or not 0 <= min_margin <= 1:
         raise InputError("--beta must be > 0 and --min-margin in [0, 1]")
@@ -284,8 +284,8 @@ def _rl_command(algo: str):
         resume: ResumeOpt = False,
         accelerate_config: AccelerateOpt = None,
     ) -> None:
-        from .backends import pick_backend
-        from .train.rl import train_rl
+        from ..backends import pick_backend
+        from ..train.rl import train_rl
 
         chosen = pick_backend(judge_backend)
         judge_options = engine_options(

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import (
+from . import (
     ApiKeyEnvOpt,
     BackendOpt,
     BaseUrlOpt,
@@ -31,7 +31,7 @@ from .cli import (
     generate_app,
     resolve_for,
 )
-from .errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError
 
 
 @generate_app.command("critiques")
@@ -73,11 +73,11 @@ def generate_critiques(
     ] = False,
 ) -> None:
     """SL-CAI: answer each prompt, then critique and revise it for N rounds."""
-    from .backends import Sampling, make_backend, pick_backend
-    from .constitution import load_constitution
-    from .inputs import load_prompts
-    from .stages.critique import CritiqueSettings, critique_revise, plan
-    from .store import RunDir
+    from ..backends import Sampling, make_backend, pick_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..stages.critique import CritiqueSettings, critique_revise, plan
+    from ..store import RunDir
 
     if rounds < 1:
         raise InputError(f"--rounds must be at least 1 (got {rounds})")
@@ -256,11 +256,11 @@ def generate_preferences(
     enforce_eager: EnforceEagerOpt = None,
 ) -> None:
     """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""
-    from .backends import Sampling, make_backend, pick_backend
-    from .constitution import load_constitution
-    from .inputs import load_pairs, load_prompts
-    from .stages.preferences import LabelSettings, Pair, judge_pairs, policy_samples, sample_pairs
-    from .store import RunDir, key
+    from ..backends import Sampling, make_backend, pick_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_pairs, load_prompts
+    from ..stages.preferences import LabelSettings, Pair, judge_pairs, policy_samples, sample_pairs
+    from ..store import RunDir, key
 
     if samples < 2 and pairs is None:
         raise InputError(f"--samples must be at least 2 (got {samples})")

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import CaiError, ConfigError, InputError
+from ..errors import CaiError, ConfigError, InputError
 
 app = typer.Typer(
     add_completion=False,
@@ -47,7 +47,7 @@ def _root(
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
 ) -> None:
     if version:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"cai {__version__}")
         raise typer.Exit()
@@ -111,7 +111,7 @@ RetryForOpt = Annotated[
 
 def resolve_for(backend: str, model: str):
     """The model a stage records: for ``openai`` the name the servers use, else resolved locally."""
-    from .models import ResolvedModel, resolve_model
+    from ..models import ResolvedModel, resolve_model
 
     if backend != "openai":
         return resolve_model(model)
@@ -141,7 +141,7 @@ def engine_options(
     """Keyword arguments of ``make_backend`` for the chosen engine."""
     import os
 
-    from .backends.hf import DTYPES
+    from ..backends.hf import DTYPES
 
     options: dict = {"chunk_size": chunk_size} if chunk_size else {}
     if backend == "hf" and batch_size:
@@ -205,7 +205,7 @@ def _err(text: str) -> None:
 @constitution_app.command("validate")
 def constitution_validate(files: Annotated[list[Path], typer.Argument(help="YAML files")]) -> None:
     """Check constitution files; print every problem as FILE:LINE: field: message."""
-    from .constitution import validate_files
+    from ..constitution import validate_files
 
     good, problems = validate_files(files)
     for p in problems:
@@ -227,7 +227,7 @@ def constitution_show(
     ] = False,
 ) -> None:
     """Print the resolved constitution (with `extends` merged)."""
-    from .constitution import load_constitution
+    from ..constitution import load_constitution
 
     c = load_constitution(file)
     if as_json:
@@ -270,9 +270,9 @@ def constitution_import(
     name: Annotated[Optional[str], typer.Option(help="name of the new constitution")] = None,
 ) -> None:
     """Convert a published constitution file to cai's YAML."""
-    from .constitution import load_constitution
-    from .constitution_import import convert
-    from .store import write_atomic
+    from ..constitution import load_constitution
+    from ..constitution_import import convert
+    from ..store import write_atomic
 
     text, generic = convert(file, fmt, compare, few_shot, name)
     write_atomic(out, text)
@@ -337,7 +337,7 @@ def _versions() -> dict[str, str]:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
-    from .backends.vllm import vllm_version
+    from ..backends.vllm import vllm_version
 
     if vllm_version():
         out["vllm"] = vllm_version()
@@ -366,9 +366,9 @@ def show_prompt(
     ] = None,
 ) -> None:
     """Print the exact chat a model sees for one step of the critique-revision loop."""
-    from .constitution import load_constitution
-    from .inputs import load_prompts
-    from .stages.critique import build_chat
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..stages.critique import build_chat
 
     if step not in ("response", "critique", "revision"):
         raise InputError(f"--step must be response, critique or revision (got {step!r})")
@@ -388,7 +388,7 @@ def show_prompt(
         cons, chat, step, principle=p, answer=answer, critique=critique, round=round
     )
     if model:
-        from .backends import make_backend
+        from ..backends import make_backend
 
         typer.echo(make_backend("hf", model).render(messages))
         return
@@ -402,7 +402,7 @@ def validate_pipelines(
     files: Annotated[list[Path], typer.Argument(help="pipeline YAML files")],
 ) -> None:
     """Check pipeline files; print every problem as FILE:LINE: field: message."""
-    from .pipeline import load_pipeline
+    from ..pipeline import load_pipeline
 
     problems = []
     for f in files:
@@ -425,7 +425,7 @@ def run_pipeline_cmd(
     ] = None,
 ) -> None:
     """Run a pipeline file's stages in order into one run directory, skipping finished ones."""
-    from .pipeline import load_pipeline, run_pipeline
+    from ..pipeline import load_pipeline, run_pipeline
 
     pipeline = load_pipeline(file, overrides or [])
     report = run_pipeline(pipeline, typer.echo)
@@ -434,7 +434,7 @@ def run_pipeline_cmd(
 
 
 # The command groups live in their own modules; importing them registers their commands.
-from . import cli_audit, cli_eval, cli_generate, cli_train  # noqa: E402, F401
+from . import audit, evaluate, generate, train  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli import (
+from . import (
     ApiKeyEnvOpt,
     BackendOpt,
     BaseUrlOpt,
@@ -29,7 +29,7 @@ from .cli import (
     eval_app,
     resolve_for,
 )
-from .errors import InputError
+from ..errors import InputError
 
 
 @eval_app.command("compare")
@@ -75,11 +75,11 @@ def eval_compare(
     html: Annotated[Optional[Path], typer.Option(help="also write an HTML report here")] = None,
 ) -> None:
     """Contestants answer the prompts; the constitution judge compares every pair in both orders."""
-    from .backends import Sampling, make_backend, pick_backend
-    from .constitution import load_constitution
-    from .inputs import load_prompts
-    from .stages.compare import CompareSettings, compare, contestants, load_answers
-    from .store import RunDir, write_atomic
+    from ..backends import Sampling, make_backend, pick_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..stages.compare import CompareSettings, compare, contestants, load_answers
+    from ..store import RunDir, write_atomic
 
     if ensemble < 1 or max_new_tokens < 1 or resamples < 1:
         raise InputError("--ensemble, --max-new-tokens and --resamples must be at least 1")
@@ -154,7 +154,7 @@ def eval_compare(
         )
         run.write_manifest(manifest)
     if html:
-        from .stages.compare_html import html_report
+        from ..stages.compare_html import html_report
 
         write_atomic(html, html_report(result))
     if as_json:
@@ -168,7 +168,7 @@ def print_tables(result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .stages.compare_html import PAIR_COLUMNS, pair_rows
+    from ..stages.compare_html import PAIR_COLUMNS, pair_rows
 
     t = Table(title=f"against {result['baseline']}: {result['prompts']} prompts")
     for col in PAIR_COLUMNS:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .cli import app
+from . import app
 
 BAR = "█"
 
@@ -77,7 +77,7 @@ def _print_compare(con, name: str, s: dict[str, Any]) -> None:
     if not s:
         _lines(con, "model comparison", name, ["no compare.json yet (still running?)"])
         return
-    from .cli_eval import print_tables
+    from .evaluate import print_tables
 
     _lines(con, "model comparison", name, [f"{s['prompts']} prompts, baseline {s['baseline']}"])
     print_tables(s, con)
@@ -141,7 +141,7 @@ def _print_preferences(con, name: str, s: dict[str, Any]) -> None:
 def _diff_text(before: str, after: str):
     from rich.text import Text
 
-    from .textdiff import render, word_diff
+    from ..textdiff import render, word_diff
 
     out = Text()
     render(
@@ -157,7 +157,7 @@ def _show(con, item) -> None:
     from rich.rule import Rule
     from rich.text import Text
 
-    from .audit import Chain
+    from ..audit import Chain
 
     con.print(Rule(f"{item.id}  ({item.stage})"))
     for f in item.failures:
@@ -204,7 +204,7 @@ def _show(con, item) -> None:
 
 
 def _preview(item) -> str:
-    from .audit import Chain
+    from ..audit import Chain
 
     text = (
         item.record["final_response"]
@@ -219,7 +219,7 @@ def _print_selection(con, selected: list, how: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .audit import Chain
+    from ..audit import Chain
 
     if not selected:
         con.print(f"0 selected by {how}", soft_wrap=True, markup=False)
@@ -268,8 +268,8 @@ def audit_cmd(
     """Summarise a run's logs; show, filter and export its chains and preference pairs."""
     from rich.console import Console
 
-    from .audit import Filters, check_filters, find, load, parse_margin, select, summary
-    from .store import dumps
+    from ..audit import Filters, check_filters, find, load, parse_margin, select, summary
+    from ..store import dumps
 
     filters = Filters(principle, grep, unchanged, parse_margin(low_margin), failed)
     stages = load(run_dir)
@@ -296,7 +296,7 @@ def audit_cmd(
         if part
     )
     if html is not None:
-        from .audit_report import build
+        from ..audit_report import build
 
         path = build(str(run_dir), stages, selected, how).write(html)
     if as_json:
