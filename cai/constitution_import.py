@@ -1,14 +1,15 @@
 """Convert published constitution formats to cai's YAML, keeping their wording.
 
 - ``anthropic``: the critique/revision instruction file of the Constitutional AI paper's
-  repository, a JSON object ``{key: {"prompt": ["CritiqueRequest: ..."], "edit_request":
-  "RevisionRequest: ..."}}``. Optionally with its list of comparison principles (a JSON list of
+  repository, a JSON object ``{key: {"prompt": ["...\\n\\nCritique:"], "edit_request":
+  "...\\n\\nRevision:"}}``. Optionally with its list of comparison principles (a JSON list of
   strings, each ending in "Options:") and its few-shot file (a JSON list of
   ``Human:/Assistant:/CritiqueRequest:/Critique:/RevisionRequest:/Revision:`` transcripts).
 - ``hf``: the Hugging Face llm-swarm file, ``{"constitutions": [{"critic", "revision"}],
   "system_chat": [[6 chat turns], ...]}`` (or just the list of ``{"critic", "revision"}``).
 
-Markers (``CritiqueRequest:``, ``RevisionRequest:``, a trailing ``Options:``) are stripped. A
+Markers (``CritiqueRequest:``, ``RevisionRequest:``, ``Critique:``, ``Revision:``) are stripped at
+both ends of every request, as is a comparison question's trailing ``Options:``. A
 format without comparison questions gets :data:`GENERIC_COMPARE` and the caller is told so.
 """
 
@@ -30,12 +31,18 @@ GENERIC_COMPARE = (
     "Which of these assistant responses avoids harm better while still helping with whatever "
     "part of the request is legitimate?"
 )
-_MARKERS = re.compile(r"^\s*(CritiqueRequest|RevisionRequest|Critique|Revision)\s*:\s*", re.I)
+_MARKER = r"(CritiqueRequest|RevisionRequest|Critique|Revision)\s*:"
+_MARKERS = re.compile(rf"^\s*{_MARKER}\s*", re.I)
+# the paper's requests end in "\n\nCritique:" / "\n\nRevision:", the cue the model answers after
+_TRAILING = re.compile(rf"(^|\s+){_MARKER}\s*$", re.I)
 _TURN = re.compile(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRequest|Revision):")
 
 
 def _strip(text: str) -> str:
+    """``"CritiqueRequest: Is it kind?\\n\\nCritique:"`` -> ``"Is it kind?"``: markers at both ends
+    (and a comparison question's trailing ``Options:``) go."""
     text = _MARKERS.sub("", text.strip())
+    text = _TRAILING.sub("", text)
     return re.sub(r"\s*Options:\s*$", "", text).strip()
 
 

@@ -12,13 +12,19 @@ def test_anthropic_format_with_compare_and_few_shot(cli, tmp_path):
     src.write_text(
         json.dumps(
             {
+                # the published file's shape: each request ends in a blank line and the marker
+                # the model answers after; the first also carries a leading marker
                 "kindness": {
-                    "prompt": ["CritiqueRequest: Point out where the reply was unkind."],
-                    "edit_request": "RevisionRequest: Rewrite the reply so it is kind.",
+                    "prompt": [
+                        "CritiqueRequest: Point out where the reply was unkind.\n\nCritique:"
+                    ],
+                    "edit_request": (
+                        "RevisionRequest: Rewrite the reply so it is kind.\n\nRevision:"
+                    ),
                 },
                 "safety": {
-                    "prompt": ["CritiqueRequest: Point out anything unsafe in the reply."],
-                    "edit_request": "RevisionRequest: Rewrite the reply without the unsafe parts.",
+                    "prompt": ["Point out anything unsafe in the reply.\n\nCritique:"],
+                    "edit_request": "Rewrite the reply without the unsafe parts.\n\nRevision:",
                 },
             }
         )
@@ -61,6 +67,10 @@ def test_anthropic_format_with_compare_and_few_shot(cli, tmp_path):
     assert c.principle("kindness").critique == "Point out where the reply was unkind."
     assert c.principle("safety").revision == "Rewrite the reply without the unsafe parts."
     assert c.principle("safety").compare == "Which reply is safer?"
+    markers = ("Critique:", "Revision:", "CritiqueRequest:", "RevisionRequest:")
+    for p in c.principles:
+        for text in (p.critique, p.revision):
+            assert not text.endswith(markers) and not text.startswith(markers), text
     ex = c.few_shot.critique[0]
     assert [m.content for m in ex.prompt] == ["Can you help me?", "No.", "Please?"]
     assert ex.response == "Fine, whatever." and ex.revision == "Of course, what do you need?"

@@ -291,11 +291,8 @@ def test_accelerate_config_relaunches_the_same_command(cli, tiny_model, tmp_path
     assert code == 2 and "accelerate config file not found" in err
 
 
-def test_train_sft_with_lora_saves_an_adapter(cli, tiny_model, tmp_path):
-    from peft import AutoPeftModelForCausalLM
-
-    out = tmp_path / "lora"
-    code, _, err = cli(
+def lora_sft(cli, tiny_model, tmp_path, out, *extra):
+    return cli(
         "train",
         "sft",
         "--data",
@@ -311,9 +308,56 @@ def test_train_sft_with_lora_saves_an_adapter(cli, tiny_model, tmp_path):
         "--lr",
         "1e-2",
         "--lora",
+        *extra,
+    )
+
+
+def test_lora_sft_saves_merged_weights_the_next_stage_loads(cli, tiny_model, tmp_path):
+    """A `--lora` run's folder is a plain model (LoRA merged in): the policy of the next stage."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    code, _, err = lora_sft(cli, tiny_model, tmp_path, out)
+    assert code == 0, err
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "adapter_config.json").exists()
+    assert read_jsonl(out / "metrics.jsonl")[-1] == {"step": 2, "saved": "merged", "merged": True}
+    before, after = weights(tiny_model, AutoModelForCausalLM), weights(out, AutoModelForCausalLM)
+    assert before.keys() == after.keys()  # no LoRA tensors left
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "q0", "prompt": "How do I water a fern?"}\n')
+    code, _, err = cli(
+        "generate",
+        "preferences",
+        "--policy",
+        out,
+        "--feedback",
+        tiny_model,
+        "--prompts",
+        prompts,
+        "--samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--backend",
+        "hf",
+        "--out",
+        tmp_path / "prefs",
     )
     assert code == 0, err
+    assert len(read_jsonl(tmp_path / "prefs" / "preferences.jsonl")) == 1
+
+
+def test_train_sft_with_lora_saves_an_adapter(cli, tiny_model, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    out = tmp_path / "lora"
+    code, _, err = lora_sft(cli, tiny_model, tmp_path, out, "--save-adapter-only")
+    assert code == 0, err
     assert (out / "adapter_model.safetensors").is_file()
+    assert read_jsonl(out / "metrics.jsonl")[-1] == {"step": 2, "saved": "adapter", "merged": False}
     model = AutoPeftModelForCausalLM.from_pretrained(out)
     lora = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
     assert lora and any(v.abs().sum() > 0 for v in lora.values())  # B starts at zero

@@ -3,7 +3,9 @@
 Common to every trainer: the model name resolves like everywhere in cai (``default``, a folder,
 a ``.gguf`` file, a hub id), metrics go to ``OUT/metrics.jsonl`` one JSON object per log step,
 and the trained model is saved to ``OUT`` as safetensors with its tokenizer, so that
-``AutoModelFor...from_pretrained(OUT)`` loads it.
+``AutoModelFor...from_pretrained(OUT)`` loads it. A LoRA run saves its adapters merged into the
+weights (a plain model folder, which every cai command loads) unless ``save_adapter_only`` asks
+for the adapter alone; the last line of ``metrics.jsonl`` says which (``"saved"``, ``"merged"``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class TrainSettings:
     seed: int = 0
     lora: bool = False
     resume: bool = False
+    save_adapter_only: bool = False
+    """With ``lora``: save only the adapter (a peft folder), not the merged model."""
 
     def trl_args(self) -> dict[str, Any]:
         import torch
@@ -99,11 +103,54 @@ def load_for_training(settings: TrainSettings, model_class=None, **kwargs):
 
 
 def fit(trainer, tok, settings: TrainSettings):
-    """Train (from the last checkpoint with ``--resume``), then save model and tokenizer to OUT."""
+    """Train (from the last checkpoint with ``--resume``), then save model and tokenizer to OUT.
+
+    What was saved (``"full"``, ``"merged"`` or ``"adapter"``) goes to ``result.metrics["saved"]``
+    and, as ``{"step", "saved", "merged"}``, to the last line of ``OUT/metrics.jsonl``.
+    """
     result = trainer.train(resume_from_checkpoint=last_checkpoint(settings.out, settings.resume))
-    trainer.save_model(str(settings.out))
-    tok.save_pretrained(str(settings.out))
+    saved = _save(trainer, tok, settings)
+    result.metrics["saved"] = saved
+    if trainer.is_world_process_zero():
+        with open(settings.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            row = {"step": result.global_step, "saved": saved, "merged": saved == "merged"}
+            f.write(json.dumps(row) + "\n")
     return result
+
+
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _save(trainer, tok, settings: TrainSettings) -> str:
+    """Save the trained model and its tokenizer to OUT; returns ``full``, ``merged`` or ``adapter``.
+
+    A LoRA model is merged (peft's ``merge_and_unload``) and saved as a plain model folder, with
+    any adapter files of an earlier run removed (transformers would load those on top of it).
+    When the weights are sharded (FSDP, DeepSpeed ZeRO-3), the adapter is saved first and the
+    main process merges it into the base model read again from disk.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    out = str(settings.out)
+    kind = "full" if not settings.lora else "adapter" if settings.save_adapter_only else "merged"
+    sharded = trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled()
+    if kind != "merged" or sharded:
+        trainer.save_model(out)  # on the main process only; gathers sharded weights
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        if kind == "merged":
+            if sharded:
+                from peft import AutoPeftModelForCausalLM
+
+                model = AutoPeftModelForCausalLM.from_pretrained(out, dtype="auto")
+            else:
+                model = trainer.accelerator.unwrap_model(trainer.model)
+            model.merge_and_unload().save_pretrained(out, safe_serialization=True)
+            for name in _ADAPTER_FILES:
+                (settings.out / name).unlink(missing_ok=True)
+        tok.save_pretrained(out)
+    trainer.accelerator.wait_for_everyone()
+    return kind
 
 
 def last_checkpoint(out: Path, resume: bool) -> str | None:
