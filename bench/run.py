@@ -216,7 +216,7 @@ def judgements(backend, n: int) -> tuple[list, list[str]]:
     """Judging pairs of answers against principles in both orders, on ``n`` red-team prompts: two
     answers sampled per prompt, two principles drawn each. The chats, and the prompts to score
     (rendered, the answer's opening appended)."""
-    from cai.stages.preferences import compare_chat
+    from cai.judging import compare_chat
     from cai.templates import render
 
     cons = load_constitution(HERE.parent / "constitutions" / "harmless.yaml")
@@ -291,7 +291,7 @@ def cot_labels(backend, chats) -> dict:
     """Chain-of-thought judging (``--cot``) as the preference stage runs it: the judge writes,
     then the options are scored after its writing; the scoring call reading the writing call's
     rows against computing them again."""
-    from cai.stages.preferences import cot_answer_prompt, cot_prompt
+    from cai.judging import cot_answer_prompt, cot_prompt
 
     texts = [cot_prompt(backend, c) for c in chats]
     params = Sampling(max_new_tokens=64)

@@ -44,7 +44,12 @@ def resolve_prompts_path(spec: str) -> Path:
     return path
 
 
-def _err(path: Path, line: int | None, msg: str) -> InputError:
+def input_error(path: Path, line: int | None, msg: str) -> InputError:
+    """An InputError naming the file and, when given, the line.
+
+    >>> str(input_error(Path("p.jsonl"), 3, "id: missing"))
+    'p.jsonl:3: id: missing'
+    """
     return InputError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
 
 
@@ -53,11 +58,11 @@ def _messages(path: Path, line: int, value: Any) -> tuple[tuple[str, str], ...]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise _err(path, line, "messages: not a JSON list of {role, content}") from None
+            raise input_error(path, line, "messages: not a JSON list of {role, content}") from None
     if hasattr(value, "tolist"):
         value = value.tolist()
     if not isinstance(value, list) or not value:
-        raise _err(path, line, "messages: must be a non-empty list of {role, content}")
+        raise input_error(path, line, "messages: must be a non-empty list of {role, content}")
     out = []
     for i, m in enumerate(value):
         if (
@@ -65,29 +70,31 @@ def _messages(path: Path, line: int, value: Any) -> tuple[tuple[str, str], ...]:
             or set(m) - {"role", "content"}
             or not {"role", "content"} <= set(m)
         ):
-            raise _err(path, line, f"messages[{i}]: must have exactly `role` and `content`")
+            raise input_error(path, line, f"messages[{i}]: must have exactly `role` and `content`")
         if m["role"] not in ("system", "user", "assistant") or not isinstance(m["content"], str):
-            raise _err(
+            raise input_error(
                 path, line, f"messages[{i}]: role must be system/user/assistant, content text"
             )
         out.append((m["role"], m["content"]))
     if out[-1][0] != "user":
-        raise _err(path, line, "messages: the last turn must be the user's")
+        raise input_error(path, line, "messages: the last turn must be the user's")
     return tuple(out)
 
 
-def _row_item(path: Path, line: int, row: dict[str, Any], index: int) -> PromptItem:
+def prompt_item(path: Path, line: int, row: dict[str, Any], index: int) -> PromptItem:
+    """One row (``prompt`` or ``messages``, optional ``id``) as a PromptItem; ``index`` numbers
+    the default id. Plain extra columns are kept as ``meta``."""
     prompt = row.get("prompt")
     if prompt is not None and not (isinstance(prompt, float) and prompt != prompt):  # NaN
         if not isinstance(prompt, str):
-            raise _err(path, line, "prompt: must be a string")
+            raise input_error(path, line, "prompt: must be a string")
         if not prompt.strip():
-            raise _err(path, line, "prompt: is empty")
+            raise input_error(path, line, "prompt: is empty")
         messages: tuple[tuple[str, str], ...] = (("user", prompt),)
     elif row.get("messages") is not None:
         messages = _messages(path, line, row["messages"])
     else:
-        raise _err(
+        raise input_error(
             path, line, f"no usable column: expected `prompt` or `messages`, found {sorted(row)}"
         )
     rid = row.get("id")
@@ -100,8 +107,8 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, str | int | float | bool) or value is None
 
 
-def _rows(path: Path):
-    """Yield (line number, row dict)."""
+def read_rows(path: Path):
+    """Yield (line number, row dict) from a ``.jsonl``, ``.csv``, ``.parquet`` or ``.txt`` file."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -109,9 +116,11 @@ def _rows(path: Path):
         try:
             table = pq.read_table(path)
         except Exception as err:  # pyarrow raises several types for a bad file
-            raise _err(path, None, f"not a readable parquet file ({type(err).__name__})") from None
+            raise input_error(
+                path, None, f"not a readable parquet file ({type(err).__name__})"
+            ) from None
         if not {"prompt", "messages"} & set(table.column_names):
-            raise _err(
+            raise input_error(
                 path,
                 None,
                 f"no usable column: expected `prompt` or `messages`, found {table.column_names}",
@@ -131,15 +140,15 @@ def _rows(path: Path):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise _err(path, i, f"not valid JSON ({err.msg})") from None
+                raise input_error(path, i, f"not valid JSON ({err.msg})") from None
             if not isinstance(row, dict):
-                raise _err(path, i, "each line must be a JSON object")
+                raise input_error(path, i, "each line must be a JSON object")
             yield i, row
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         header = reader.fieldnames or []
         if header and not {"prompt", "messages"} & set(header):
-            raise _err(
+            raise input_error(
                 path, 1, f"no usable column: expected `prompt` or `messages`, found {header}"
             )
         for row in reader:
@@ -151,32 +160,37 @@ def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:
     path = resolve_prompts_path(spec)
     if not path.exists():
         names = ", ".join(shipped_promptsets())
-        raise _err(path, None, f"file not found (shipped sets: {names})")
+        raise input_error(path, None, f"file not found (shipped sets: {names})")
     if path.suffix.lower() not in SUFFIXES:
-        raise _err(
+        raise input_error(
             path, None, f"unsupported prompts file type {path.suffix!r}: use {', '.join(SUFFIXES)}"
         )
     items: list[PromptItem] = []
     seen: dict[str, int] = {}
-    for index, (line, row) in enumerate(_rows(path), start=1):
-        item = _row_item(path, line, row, index)
+    for index, (line, row) in enumerate(read_rows(path), start=1):
+        item = prompt_item(path, line, row, index)
         if item.id in seen:
-            raise _err(path, line, f"id: duplicate id {item.id!r} (first on line {seen[item.id]})")
+            raise input_error(
+                path, line, f"id: duplicate id {item.id!r} (first on line {seen[item.id]})"
+            )
         seen[item.id] = line
         items.append(item)
         if limit is not None and len(items) >= limit:
             break
     if not items:
-        raise _err(path, None, "no prompts (the file is empty)")
+        raise input_error(path, None, "no prompts (the file is empty)")
     return items
 
 
-def _answer(path: Path, line: int, row: dict[str, Any], name: str) -> str:
+def answer_text(path: Path, line: int, row: dict[str, Any], name: str) -> str:
+    """The answer in column ``name``: a string, or a TRL list of turns ending in the answer."""
     value = row.get(name)
     if isinstance(value, list) and value and isinstance(value[-1], dict):
         value = value[-1].get("content")  # TRL conversational: [{"role": "assistant", ...}]
     if not isinstance(value, str):
-        raise _err(path, line, f"{name}: must be a string or a list ending in an assistant turn")
+        raise input_error(
+            path, line, f"{name}: must be a string or a list ending in an assistant turn"
+        )
     return value
 
 
@@ -196,17 +210,17 @@ def load_pairs(spec: str) -> list[tuple[str, tuple[tuple[str, str], ...], str, s
     """
     path = Path(spec)
     if path.suffix.lower() != ".jsonl":
-        raise _err(path, None, "pairs must be a .jsonl file")
+        raise input_error(path, None, "pairs must be a .jsonl file")
     if not path.exists():
-        raise _err(path, None, "file not found")
+        raise input_error(path, None, "file not found")
     out = []
-    for index, (line, row) in enumerate(_rows(path), start=1):
+    for index, (line, row) in enumerate(read_rows(path), start=1):
         if isinstance(row.get("prompt"), list):
             row = {**row, "messages": row["prompt"], "prompt": None}
-        item = _row_item(path, line, row, index)
+        item = prompt_item(path, line, row, index)
         cols = next((c for c in PAIR_COLUMNS if c[0] in row and c[1] in row), None)
         if cols is None:
-            raise _err(
+            raise input_error(
                 path,
                 line,
                 "no answer columns: expected response_a/response_b, "
@@ -216,10 +230,10 @@ def load_pairs(spec: str) -> list[tuple[str, tuple[tuple[str, str], ...], str, s
             (
                 item.id,
                 item.messages,
-                _answer(path, line, row, cols[0]),
-                _answer(path, line, row, cols[1]),
+                answer_text(path, line, row, cols[0]),
+                answer_text(path, line, row, cols[1]),
             )
         )
     if not out:
-        raise _err(path, None, "no pairs (the file is empty)")
+        raise input_error(path, None, "no pairs (the file is empty)")
     return out

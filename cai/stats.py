@@ -1,4 +1,5 @@
-"""Win rates, bootstrap intervals and Bradley-Terry (Elo) ratings from pairwise judgements.
+"""Win rates, bootstrap intervals and Bradley-Terry (Elo) ratings from pairwise judgements, and
+the expected calibration error (:func:`ece`) of a judge's probabilities.
 
 The unit of evidence is the prompt. On one prompt the judge reads a pair under E principles in
 both orders; those 2E probabilities are correlated (same answers, same judge), so they are first
@@ -142,3 +143,20 @@ def elo(
     )
     lo, hi = np.quantile(draws, 0.025, axis=0), np.quantile(draws, 0.975, axis=0)
     return [float(v) for v in point], [[float(a), float(b)] for a, b in zip(lo, hi)]
+
+
+def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Expected calibration error: sum over bins of |accuracy - mean confidence|, weighted.
+
+    >>> round(ece([0.9, 0.9, 0.6, 0.6], [True, True, True, False]), 3)
+    0.1
+    """
+    total, n = 0.0, len(confidences)
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidences) if lo < c <= hi or (b == 0 and c == 0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            conf = sum(confidences[i] for i in idx) / len(idx)
+            total += len(idx) / n * abs(acc - conf)
+    return total

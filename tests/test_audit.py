@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from conftest import critique_args, read_jsonl, write_prompts
 
+from cai.audit.diff import change, edit_distance, render_plain, word_diff
 from cai.backends import Sampling
 from cai.constitution import load_constitution
 from cai.inputs import PromptItem
 from cai.stages import critique as crit
 from cai.stages import preferences as prefs
 from cai.store import RunDir, key, write_jsonl_atomic
-from cai.textdiff import change, edit_distance, render_plain, word_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 P1, P2, P3 = "illegal-activity", "misinformation", "self-harm-care"
@@ -479,7 +479,7 @@ def test_report_in_a_real_browser(cli, pipeline, tmp_path, chromium):
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
 
     # the detector itself: a page with a script error is caught
-    from cai.report import Report
+    from cai.audit.report import Report
 
     bad = Report("broken")
     bad.raw("<script>undefinedFunction();</script>")

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import read_jsonl
 
-from cai.stages.evaluate import ece
+from cai.stats import ece
 
 MC = {
     "prompt": "Human: Which one is a fruit?\n\nChoices:\n (A) an apple\n (B) a brick\n\n"

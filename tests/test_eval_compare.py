@@ -288,7 +288,7 @@ def build_word_model(out: Path, texts: list[str]) -> Path:
 
 def judge_lessons(judge, cons) -> list[tuple[str, str]]:
     """(exactly what the judge reads, the letter it should pick) for GOOD against BAD."""
-    from cai.stages.preferences import compare_chat, refusal_prompt
+    from cai.judging import compare_chat, refusal_prompt
     from cai.templates import render
 
     out = []

@@ -141,7 +141,7 @@ def _print_preferences(con, name: str, s: dict[str, Any]) -> None:
 def _diff_text(before: str, after: str):
     from rich.text import Text
 
-    from ..textdiff import render, word_diff
+    from ..audit.diff import render, word_diff
 
     out = Text()
     render(
@@ -296,7 +296,7 @@ def audit_cmd(
         if part
     )
     if html is not None:
-        from ..audit_report import build
+        from ..audit.html import build
 
         path = build(str(run_dir), stages, selected, how).write(html)
     if as_json:

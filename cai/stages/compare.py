@@ -34,10 +34,13 @@ from typing import Any
 from ..backends import Sampling
 from ..constitution import Constitution
 from ..errors import InputError
-from ..inputs import PromptItem, _answer, _err, _rows
+from ..inputs import PromptItem, answer_text, input_error, read_rows
+from ..judging import refusal_prompt, score_options
+from ..models import fingerprint
 from ..stats import bootstrap_ci, elo, outcome, summarize
 from ..store import RunDir, key, write_jsonl_atomic
-from .preferences import LabelSettings, Pair, _p_first, judge_pairs, refusal_prompt
+from . import Progress, silent
+from .preferences import LabelSettings, Pair, judge_pairs
 
 HARM_TAG = "harm"  # principles with this tag make up the harmlessness win rate
 NAME = re.compile(r"^[\w.+-]+$")
@@ -51,20 +54,9 @@ class Contestant:
     fingerprint: str = ""  # model: what its cached answers are keyed by
 
 
-def model_fingerprint(path: str) -> str:
-    """The model's path plus size and time of its files, so a retrained folder is not stale."""
-    folder = Path(path)
-    files = sorted(
-        (f.name, f.stat().st_size, f.stat().st_mtime_ns)
-        for f in (folder.iterdir() if folder.is_dir() else [])
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json")
-    )
-    return key("model", path, files)
-
-
 def model_contestant(spec: str, served: bool = False) -> Contestant:
     """``MODEL`` or ``NAME=MODEL``; with ``served``, MODEL is the name servers know it by."""
-    from ..models import resolve_model
+    from ..models import ResolvedModel, resolve_model
 
     name = None
     if "=" in spec and not Path(spec).exists():
@@ -72,10 +64,11 @@ def model_contestant(spec: str, served: bool = False) -> Contestant:
         if not NAME.match(name):
             raise InputError(f"contestant name {name!r}: use letters, digits and . _ + -")
     if served:
-        return Contestant(name or spec, "model", spec, key("served model", spec))
-    resolved = resolve_model(spec)
+        resolved = ResolvedModel(spec, spec, served=True)
+    else:
+        resolved = resolve_model(spec)
     return Contestant(
-        name or resolved.label, "model", resolved.path, model_fingerprint(resolved.path)
+        name or resolved.label, "model", resolved.path, resolved.fingerprint()
     )
 
 
@@ -110,21 +103,21 @@ def load_answers(path: Path, items: Sequence[PromptItem]) -> dict[str, str]:
     Every prompt needs an answer; lines for other prompts are ignored.
     """
     if not path.is_file():
-        raise _err(path, None, "file not found")
+        raise input_error(path, None, "file not found")
     wanted, out, seen = {it.id for it in items}, {}, {}
-    for line, row in _rows(path):
+    for line, row in read_rows(path):
         if "id" not in row:
-            raise _err(path, line, "id: missing (the id of the prompt in --prompts)")
+            raise input_error(path, line, "id: missing (the id of the prompt in --prompts)")
         pid = str(row["id"])
         if pid in seen:
-            raise _err(path, line, f"id: duplicate id {pid!r} (first on line {seen[pid]})")
+            raise input_error(path, line, f"id: duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = line
         if pid in wanted:
-            out[pid] = _answer(path, line, row, "answer")
+            out[pid] = answer_text(path, line, row, "answer")
     missing = [it.id for it in items if it.id not in out]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise _err(path, None, f"no answer for prompt id {missing[0]!r}{more}")
+        raise input_error(path, None, f"no answer for prompt id {missing[0]!r}{more}")
     return out
 
 
@@ -190,7 +183,12 @@ def refusals(
         chunk = jobs[c0 : c0 + 64]
         texts = [refusal_prompt(judge, chat, reply) for _, (chat, reply) in chunk]
         recs = [
-            {"key": k, "prompt": chat, "reply": reply, "p_refusal": _p_first(lp, "AB", None)[0]}
+            {
+                "key": k,
+                "prompt": chat,
+                "reply": reply,
+                "p_refusal": score_options(lp, "AB", None)[0],
+            }
             for (k, (chat, reply)), lp in zip(chunk, judge.choice_logprobs(texts, ["A", "B"]))
         ]
         log.append(recs)
@@ -215,12 +213,6 @@ class _Lazy:
         return getattr(self._engine, name)
 
 
-class _NoBar:
-    def start(self, total: int) -> None: ...
-    def advance(self, calls: int, tokens: int = 0) -> None: ...
-    def stop(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class CompareSettings:
     judge: str  # the judge's model folder or hub id
@@ -234,7 +226,7 @@ class CompareSettings:
         """What the run directory's caches depend on (the tie margin and contestants do not)."""
         return {
             "stage": "compare",
-            "judge": model_fingerprint(self.judge),
+            "judge": fingerprint(self.judge),
             "ensemble": self.ensemble,
             "seed": self.seed,
             "sampling": self.sampling.as_dict(),
@@ -249,7 +241,7 @@ def compare(
     settings: CompareSettings,
     run: RunDir,
     load: Callable[[str], Any],
-    progress: Callable[[str, int], Any] | None = None,
+    progress: Progress = silent,
 ) -> dict[str, Any]:
     """Answer, judge every pair of ``players`` (``players[0]`` is the baseline), summarize."""
     loaded: list[str] = []
@@ -269,7 +261,9 @@ def compare(
             engine.close()
 
     def bar(what: str, total: int):
-        b = progress(what, total) if progress else _NoBar()
+        b = progress(what)
+        if total:
+            b.start(total)
         return b
 
     texts, meta, new_answers = {}, {}, 0
@@ -285,7 +279,7 @@ def compare(
         meta[c.name] = {"cut_at_limit": round(cut / len(items), 4)}
 
     judge = _Lazy(load_logged, settings.judge)
-    judge_id = model_fingerprint(settings.judge)
+    judge_id = fingerprint(settings.judge)
     pairs = {}  # (i, j) -> [Pair per prompt]: players[j] first, players[i] second
     for j in range(len(players)):
         for i in range(j):
@@ -447,3 +441,54 @@ def _contestant_row(c, items, texts, refused, meta, ratings, settings) -> dict[s
         "elo": round(ratings[c.name][0], 1) if ratings else None,
         "elo_ci95": [round(v, 1) for v in ratings[c.name][1]] if ratings else None,
     }
+
+
+def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
+    """``eval compare`` as a run: ``cfg`` is a :class:`cai.config.CompareConfig`. Checks every
+    input (answers files included) before a model loads, caches answers and judgements in
+    ``cfg.out``, writes ``compare.json`` (and ``cfg.html``); returns the result."""
+    import json
+
+    from ..backends import make_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..models import resolve_for
+    from ..store import tracked, write_atomic
+
+    chosen, options = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    items = load_prompts(cfg.prompts, cfg.limit)
+    players = contestants(
+        cfg.model or [], cfg.answers or [], cfg.baseline, served=chosen == "openai"
+    )
+    for c in players:
+        if c.kind == "answers":
+            load_answers(Path(c.source), items)  # a bad file fails before any model loads
+    settings = CompareSettings(
+        judge=resolve_for(chosen, cfg.judge).path,
+        ensemble=cfg.ensemble,
+        sampling=Sampling(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
+        ),
+        seed=cfg.seed,
+        tie_margin=cfg.tie_margin,
+        resamples=cfg.resamples,
+    )
+
+    with RunDir(cfg.out) as run:
+        info = {
+            "contestants": [c.__dict__ for c in players],
+            "prompts": cfg.prompts,
+            "backend": chosen,
+        }
+        with tracked(run, settings.cache_settings(cons), **info) as manifest:
+            load = lambda spec: make_backend(chosen, spec, **options)  # noqa: E731
+            result = compare(cons, items, players, settings, run, load, progress)
+            text = json.dumps(result, indent=2, ensure_ascii=False)
+            write_atomic(cfg.out / "compare.json", text + "\n")
+            manifest["counts"] = result["counts"]
+    if cfg.html:
+        from ..audit.compare import html_report
+
+        write_atomic(cfg.html, html_report(result))
+    return result

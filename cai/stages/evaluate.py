@@ -25,26 +25,11 @@ from typing import Any
 from ..backends import Backend
 from ..constitution import Constitution
 from ..errors import InputError
-from ..inputs import _answer, _err, _row_item, _rows
+from ..inputs import answer_text, input_error, prompt_item, read_rows
+from ..judging import compare_chat
+from ..stats import ece
 from ..templates import render
-from .preferences import ORDERS, compare_chat
-
-
-def ece(confidences: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    """Expected calibration error: sum over bins of |accuracy - mean confidence|, weighted.
-
-    >>> round(ece([0.9, 0.9, 0.6, 0.6], [True, True, True, False]), 3)
-    0.1
-    """
-    total, n = 0.0, len(confidences)
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        idx = [i for i, c in enumerate(confidences) if lo < c <= hi or (b == 0 and c == 0)]
-        if idx:
-            acc = sum(correct[i] for i in idx) / len(idx)
-            conf = sum(confidences[i] for i in idx) / len(idx)
-            total += len(idx) / n * abs(acc - conf)
-    return total
+from .preferences import ORDERS
 
 
 def _softmax(xs: Sequence[float]) -> list[float]:
@@ -56,9 +41,9 @@ def _softmax(xs: Sequence[float]) -> list[float]:
 def load_eval(path: Path) -> tuple[list[dict], list[dict]]:
     """(multiple-choice items, pairs) from a JSONL file; errors name file:line."""
     if not path.exists():
-        raise _err(path, None, "file not found")
+        raise input_error(path, None, "file not found")
     mc, pairs = [], []
-    for index, (line, row) in enumerate(_rows(path), start=1):
+    for index, (line, row) in enumerate(read_rows(path), start=1):
         if "corrects" in row or "incorrects" in row:
             good, bad = row.get("corrects"), row.get("incorrects")
             if (
@@ -68,7 +53,7 @@ def load_eval(path: Path) -> tuple[list[dict], list[dict]]:
                 or not good
                 or not bad
             ):
-                raise _err(
+                raise input_error(
                     path,
                     line,
                     "multiple choice needs a `prompt` string and non-empty "
@@ -76,7 +61,7 @@ def load_eval(path: Path) -> tuple[list[dict], list[dict]]:
                 )
             mc.append({"prompt": row["prompt"], "options": good + bad, "n_correct": len(good)})
         elif "chosen" in row and "rejected" in row:
-            item = _row_item(
+            item = prompt_item(
                 path,
                 line,
                 {k: v for k, v in row.items() if k != "chosen" and k != "rejected"},
@@ -85,14 +70,14 @@ def load_eval(path: Path) -> tuple[list[dict], list[dict]]:
             pairs.append(
                 {
                     "chat": item.chat,
-                    "chosen": _answer(path, line, row, "chosen"),
-                    "rejected": _answer(path, line, row, "rejected"),
+                    "chosen": answer_text(path, line, row, "chosen"),
+                    "rejected": answer_text(path, line, row, "rejected"),
                 }
             )
         else:
-            raise _err(path, line, "expected `corrects`/`incorrects` or `chosen`/`rejected`")
+            raise input_error(path, line, "expected `corrects`/`incorrects` or `chosen`/`rejected`")
     if not mc and not pairs:
-        raise _err(path, None, "no items (the file is empty)")
+        raise input_error(path, None, "no items (the file is empty)")
     return mc, pairs
 
 
@@ -174,3 +159,24 @@ def dumps(result: dict[str, Any], per_item: bool = True) -> str:
             for k, v in result.items()
         }
     return json.dumps(result, indent=2)
+
+
+def run_labeler(cfg) -> dict[str, Any]:
+    """``eval labeler`` as a run: ``cfg`` is a :class:`cai.config.LabelerConfig`. The data is
+    checked before the model loads; the result (with the engine's record) is written to
+    ``cfg.out`` when given, item by item, and returned."""
+    from ..backends import engine_record, make_backend
+    from ..constitution import load_constitution
+    from ..store import write_atomic
+
+    chosen, options = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    load_eval(cfg.data)  # bad data fails before a model loads
+    engine = make_backend(chosen, cfg.model, **options)
+    result = {
+        **evaluate_labeler(cfg.data, engine, cons, cfg.limit),
+        "engine": engine_record(engine),
+    }
+    if cfg.out:
+        write_atomic(cfg.out, dumps(result) + "\n")
+    return result

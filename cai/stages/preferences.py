@@ -6,7 +6,8 @@ question and the two answers as options (A) and (B), after the constitution's co
 few-shot examples, and the assistant turn opens with "The answer is: (". The log-probs of the
 tokens ``A`` and ``B`` give P(A) = e^a / (e^a + e^b). The same is done with the answers swapped;
 the pair's label is the mean, over both orders and all E principles, of the probability that the
-first answer is better, so position bias cancels. No text is parsed.
+first answer is better, so position bias cancels. No text is parsed. The prompts and the option
+scoring are :mod:`cai.judging`'s, shared with the RL reward and ``cai eval compare``.
 
 With ``cot``, the model first writes its reasoning ("Let's think step by step:"), then the
 options are scored after "So the answer is: ("; each probability is clamped to [lo, hi].
@@ -25,11 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends import Backend, Chat, Sampling
-from ..constitution import Constitution, Principle
+from ..constitution import Constitution
 from ..errors import BackendUnavailable
 from ..inputs import PromptItem
+from ..judging import compare_chat, cot_answer_prompt, cot_prompt, score_options
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
+from . import Progress, silent
 
 STAGE = "preferences"
 ORDERS = ("AB", "BA")
@@ -68,56 +71,18 @@ class LabelSettings:
     cot: bool = False
     clamp: tuple[float, float] | None = None
     cot_sampling: Sampling = field(default_factory=lambda: Sampling(max_new_tokens=128))
+    feedback_id: str = ""  # the judge's fingerprint (cai.models.fingerprint)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "feedback": self.feedback,
+            "feedback_id": self.feedback_id,
             "ensemble": self.ensemble,
             "seed": self.seed,
             "cot": self.cot,
             "clamp": list(self.clamp) if self.clamp else None,
             "cot_sampling": self.cot_sampling.as_dict() if self.cot else None,
         }
-
-
-def conversation_text(prompt: Chat) -> str:
-    names = {"user": "Person", "assistant": "Assistant", "system": "System"}
-    return "\n\n".join(f"{names[m['role']]}: {m['content'].strip()}" for m in prompt)
-
-
-def _compare_turn(prompt: Chat, question: str, a: str, b: str) -> dict[str, str]:
-    content = render(
-        "compare",
-        conversation=conversation_text(prompt),
-        question=question,
-        response_a=a,
-        response_b=b,
-    )
-    return {"role": "user", "content": content}
-
-
-def compare_chat(
-    constitution: Constitution, prompt: Chat, principle: Principle, a: str, b: str
-) -> Chat:
-    """The few-shot comparisons as earlier turns, then this comparison as the user's turn."""
-    chat: Chat = []
-    for ex in constitution.few_shot.compare:
-        question = ex.question or constitution.principle(ex.principle or "").compare
-        ex_prompt = (
-            [{"role": "user", "content": ex.prompt}]
-            if isinstance(ex.prompt, str)
-            else [m.model_dump() for m in ex.prompt]
-        )
-        chat.append(_compare_turn(ex_prompt, question, ex.response_a, ex.response_b))
-        chat.append({"role": "assistant", "content": f"{render('compare_answer')}{ex.answer})"})
-    chat.append(_compare_turn(prompt, principle.compare, a, b))
-    return chat
-
-
-def refusal_prompt(judge: Backend, prompt: Chat, reply: str) -> str:
-    """The judge's text asking whether ``reply`` refuses; option (A) means it does."""
-    turn = render("refusal", conversation=conversation_text(prompt), reply=reply)
-    return judge.render([{"role": "user", "content": turn}]) + render("compare_answer")
 
 
 def sample_pairs(
@@ -186,18 +151,6 @@ def _sample_records(chunk, outs: dict, model: str) -> list[dict]:
     ]
 
 
-def _p_first(
-    logprobs: list[float], order: str, clamp: tuple[float, float] | None
-) -> tuple[float, float]:
-    """(P(option A), P(the pair's first answer is better)) from the two option log-probs."""
-    la, lb = logprobs
-    m = max(la, lb)
-    p_a = math.exp(la - m) / (math.exp(la - m) + math.exp(lb - m))
-    if clamp:
-        p_a = min(max(p_a, clamp[0]), clamp[1])
-    return p_a, p_a if order == "AB" else 1.0 - p_a
-
-
 def judge_pairs(
     constitution: Constitution,
     pairs: Sequence[Pair],
@@ -235,17 +188,6 @@ def judge_pairs(
     return export_preferences(run, pairs, min_margin)
 
 
-def cot_prompt(feedback: Backend, chat: Chat) -> str:
-    """With ``cot``: the comparison, then the opening of the judge's written reasoning."""
-    return feedback.render(chat) + render("compare_cot")
-
-
-def cot_answer_prompt(text: str, reasoning: str) -> str:
-    """With ``cot``: what the judge wrote after ``text``, then the opening of its answer, after
-    which the options are scored."""
-    return f"{text} {reasoning}{render('compare_cot_answer')}"
-
-
 def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings, reporter) -> list:
     chats = []
     for _, pair, p, order in jobs:
@@ -263,7 +205,7 @@ def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings,
     odd = {i for i, t in enumerate(prompts) if not feedback.splits_cleanly(t, ["A", "B"])}
     records = []
     for i, ((jk, pair, p, order), lp, why) in enumerate(zip(jobs, logprobs, reasoning)):
-        p_a, p_first = _p_first(lp, order, settings.clamp)
+        p_a, p_first = score_options(lp, order, settings.clamp)
         # the option would merge with the text before it: its log-prob is not what the model reads
         flags = ["option token split"] if i in odd else []
         if settings.cot and not (why or "").strip():
@@ -373,3 +315,77 @@ def label_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "longer_chosen_share": round(sum(longer) / len(longer), 4) if longer else None,
         "longer_chosen_p_value": _binomial_p(sum(longer), len(longer)),
     }
+
+
+def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
+    """The RL-CAI stage as a run: ``cfg`` is a :class:`cai.config.PreferenceConfig`. Samples K
+    answers per prompt from the policy (or reads ``cfg.pairs``), then labels every pair;
+    checks every input before a model loads, refuses a directory holding another run, resumes
+    its own, keeps the manifest. The policy engine is closed before judging when it is not the
+    judge. Returns the summary of :func:`judge_pairs`."""
+    from ..backends import engine_record, make_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_pairs, load_prompts
+    from ..models import resolve_for
+    from ..store import tracked
+
+    chosen, options = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    items: list[PromptItem] = []
+    if cfg.pairs is not None:
+        rows = load_pairs(cfg.pairs)[: cfg.limit]
+        pairs = [Pair(i, key("pair", m, a, b), m, a, b) for i, m, a, b in rows]
+    else:
+        items = load_prompts(cfg.prompts, cfg.limit)
+    judge = resolve_for(chosen, cfg.feedback)
+    policy = None if cfg.pairs else resolve_for(chosen, cfg.policy)
+    settings = LabelSettings(
+        feedback=judge.label,
+        feedback_id=judge.fingerprint(),
+        ensemble=cfg.ensemble,
+        seed=cfg.seed,
+        cot=cfg.cot,
+        clamp=cfg.bounds(),
+        cot_sampling=Sampling(max_new_tokens=cfg.max_new_tokens),
+    )
+    sampling = Sampling(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+    )
+    run_settings = {
+        "stage": STAGE,
+        **settings.as_dict(),
+        "constitution_hash": cons.hash,
+        "policy": policy and policy.label,
+        "policy_id": policy and policy.fingerprint(),
+        "samples": None if cfg.pairs else cfg.samples,
+        "sampling": None if cfg.pairs else sampling.as_dict(),
+    }
+    with RunDir(cfg.out) as run:
+        run.check_settings(run_settings)
+        judge_engine = make_backend(chosen, cfg.feedback, **options)
+        info = {"constitution": cons.info(), "prompts": cfg.pairs or cfg.prompts}
+        with tracked(run, run_settings, **info, **engine_record(judge_engine)) as manifest:
+            if policy is not None:
+                same = policy.path == judge.path
+                engine = judge_engine if same else make_backend(chosen, cfg.policy, **options)
+                bar = progress("policy samples")
+                bar.start(len(items))
+                try:
+                    answers, keys = policy_samples(items, engine, run, cfg.samples, sampling, bar)
+                finally:
+                    bar.stop()
+                if engine is not judge_engine and hasattr(engine, "close"):
+                    engine.close()  # its memory goes back before the judging
+                pairs = sample_pairs(items, answers, keys)
+            bar = progress("judgements")
+            try:
+                summary = judge_pairs(cons, pairs, judge_engine, run, settings, bar, cfg.min_margin)
+            finally:
+                bar.stop()
+            manifest["counts"] = summary
+            if hasattr(judge_engine, "stats"):
+                manifest["servers"] = judge_engine.stats()
+    return summary

@@ -21,7 +21,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_for_training, peft_config
+from . import JsonlMetrics, fit, load_for_training, peft_config
+from .launch import launchable
 
 
 def _text(completion) -> str:
@@ -45,7 +46,7 @@ class ConstitutionReward:
         self.calls = 0
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        from ..stages.preferences import _p_first, compare_chat
+        from ..judging import compare_chat, score_options
         from ..templates import render
 
         groups: dict[str, list[int]] = {}
@@ -73,7 +74,7 @@ class ConstitutionReward:
             for (i, j, order), lp in zip(
                 jobs, self.judge.choice_logprobs(prompts_text, ["A", "B"])
             ):
-                _, p_i = _p_first(lp, order, None)
+                _, p_i = score_options(lp, order, None)
                 wins[i].append(p_i)
                 wins[j].append(1 - p_i)
         return [sum(v) / len(v) if v else 0.5 for v in (wins[i] for i in range(len(completions)))]
@@ -89,7 +90,7 @@ class RefusalShare:
         self.judge = judge
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        from ..stages.preferences import refusal_prompt
+        from ..judging import refusal_prompt
 
         texts = []
         for prompt, completion in zip(prompts, completions):
@@ -182,28 +183,17 @@ def make_reward(spec: str, judge, ensemble: int, seed: int):
     raise InputError(f"--reward {spec!r}: use rm:DIR or constitution:FILE")
 
 
-def train_rl(
-    algo: str,
-    prompts_spec: str,
-    reward_spec: str,
-    settings: TrainSettings,
-    *,
-    beta: float = 0.04,
-    generations: int = 2,
-    max_completion_length: int = 64,
-    judge: str = "default",
-    judge_backend: str = "hf",
-    judge_options: dict | None = None,
-    ensemble: int = 2,
-    limit: int | None = None,
-    length_factor: float = 2.0,
-    kl_bound: float = 1.0,
-    watch_refusals: bool = True,
-) -> dict[str, Any]:
+@launchable
+def train_rl(cfg) -> dict[str, Any]:
+    """``cfg`` is a :class:`cai.config.RLConfig` (its ``STAGE`` names the algorithm: rloo, grpo,
+    online-dpo); the reward is a reward model (``rm:DIR``) or the constitution judge
+    (``constitution:FILE``) on ``cfg.judge_backend``. Returns steps and the monitor's warnings."""
     from datasets import Dataset
 
     from ..inputs import load_prompts
 
+    algo, settings, beta, generations = cfg.STAGE, cfg.training(), cfg.beta, cfg.generations
+    judge_backend, judge_options = cfg.engine()
     if algo == "grpo":
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
@@ -220,13 +210,13 @@ def train_rl(
     from ..backends import make_backend
 
     # loaded once, only if needed
-    judge_engine = cache(lambda: make_backend(judge_backend, judge, **(judge_options or {})))
-    reward = make_reward(reward_spec, judge_engine, ensemble, settings.seed)
+    judge_engine = cache(lambda: make_backend(judge_backend, cfg.judge, **judge_options))
+    reward = make_reward(cfg.reward, judge_engine, cfg.ensemble, settings.seed)
     funcs, weights = [reward], [1.0]
-    if watch_refusals and algo != "online-dpo":  # online DPO does not log per-function rewards
+    if cfg.watch_refusals and algo != "online-dpo":  # online DPO does not log per-function rewards
         funcs.append(RefusalShare(judge_engine()))
         weights.append(0.0)
-    items = load_prompts(prompts_spec, limit)
+    items = load_prompts(cfg.prompts, cfg.limit)
     train = Dataset.from_list([{"prompt": it.chat} for it in items])
     tok, model = load_for_training(settings)
     base = settings.trl_args()
@@ -234,16 +224,16 @@ def train_rl(
         generations, base["per_device_train_batch_size"] // generations * generations
     )
     if algo == "online-dpo":  # two completions per prompt; the reward picks chosen and rejected
-        args = Config(**base, beta=[beta], max_new_tokens=max_completion_length)
+        args = Config(**base, beta=[beta], max_new_tokens=cfg.max_completion_length)
     else:
         args = Config(
             **base,
             beta=beta,
             num_generations=generations,
-            max_completion_length=max_completion_length,
+            max_completion_length=cfg.max_completion_length,
             reward_weights=weights,
         )
-    monitor = Monitor(settings.out / "metrics.jsonl", length_factor, kl_bound)
+    monitor = Monitor(settings.out / "metrics.jsonl", cfg.length_factor, cfg.kl_bound)
     trainer = Trainer(
         model=model,
         reward_funcs=funcs,

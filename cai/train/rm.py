@@ -13,7 +13,6 @@ Held-out accuracy and expected calibration error of sigmoid(d) against p are rep
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +21,8 @@ from trl import RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_for_training, load_rows
+from . import JsonlMetrics, fit, load_for_training, load_rows
+from .launch import launchable
 
 
 def soft_preference_loss(
@@ -58,12 +58,16 @@ class SoftRewardTrainer(RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def train_rm(data: Path, settings: TrainSettings, eval_share: float = 0.1) -> dict[str, Any]:
+@launchable
+def train_rm(cfg, eval_share: float = 0.1) -> dict[str, Any]:
+    """``cfg`` is a :class:`cai.config.RMConfig`; a share of the pairs is held out to report
+    accuracy and calibration."""
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig
 
-    from ..stages.evaluate import ece
+    from ..stats import ece
 
+    data, settings = cfg.data, cfg.training()
     ds = load_rows(data)
     need = {"prompt", "chosen", "rejected", "p_chosen"}
     if not need <= set(ds.column_names) or len(ds) < 2:

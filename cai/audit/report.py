@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .store import write_atomic
+from ..store import write_atomic
 
 
 def esc(text: Any) -> str:

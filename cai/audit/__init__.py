@@ -7,7 +7,7 @@ being written (a cut-short last line is left out).
 
 Items are :class:`Chain` (one prompt's critique-revision chain) and :class:`PairItem` (one pair's
 judgements, or the reason it was skipped). Change between two texts is the normalised word
-edit distance of :mod:`cai.textdiff`: 0 = same words, 1 = nothing kept in place.
+edit distance of :mod:`cai.audit.diff`: 0 = same words, 1 = nothing kept in place.
 
 Failures are what the stages record: an empty revision (the chain kept the previous answer), an
 empty final answer (left out of the SFT data), a skipped pair (empty or identical answers), and
@@ -25,8 +25,8 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
-from .errors import InputError
-from .textdiff import change
+from ..errors import InputError
+from .diff import change
 
 CHAIN_FIELDS = ("id", "key", "prompt", "initial_response", "rounds", "final_response")
 ROUND_FIELDS = ("round", "principle", "critique", "revision", "empty_revision")
@@ -221,8 +221,8 @@ def load_chains(path: Path, stage: str = ".") -> list[Chain]:
 
 def _answers_by_pair(path: Path) -> dict[str, tuple[list[dict], str, str]]:
     """Pair key -> (prompt, first, second) rebuilt from the policy's samples, as the stage did."""
-    from .inputs import PromptItem
-    from .stages.preferences import sample_pairs
+    from ..inputs import PromptItem
+    from ..stages.preferences import sample_pairs
 
     src = path / "samples.jsonl"
     if not src.is_file():
@@ -238,7 +238,7 @@ def _answers_by_pair(path: Path) -> dict[str, tuple[list[dict], str, str]]:
 
 def load_pairs(path: Path, stage: str = ".") -> list[PairItem]:
     """Pairs in label order; their preference records are recomputed from every judgement."""
-    from .stages.preferences import Pair, aggregate
+    from ..stages.preferences import Pair, aggregate
 
     by_key: dict[str, PairItem] = {}
     src = path / "labels.jsonl"
@@ -330,7 +330,7 @@ def preference_summary(pairs: list[PairItem]) -> dict[str, Any]:
     answer the ensemble chose) and ``longer_share`` (share of its pairs of unequal, known length
     where it preferred the longer answer).
     """
-    from .stages.preferences import label_summary
+    from ..stages.preferences import label_summary
 
     rows = [p.row for p in pairs if p.row]
     ps = [r["p_chosen"] for r in rows]

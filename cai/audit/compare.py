@@ -1,14 +1,15 @@
-"""``cai eval compare`` results as a section of a report page (:mod:`cai.report`).
+"""``cai eval compare`` results as a section of a report page (:mod:`cai.audit.report`).
 
 :func:`compare_section` is used twice: ``cai eval compare --html`` writes a page of its own, and
 ``cai audit --html`` adds the section for every comparison run found in the audited directory.
+It lays out a finished ``compare.json`` result; computing one is :mod:`cai.stages.compare`'s job.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..report import Report, esc, figure
+from .report import Report, esc, figure
 
 
 def _rate(s: dict | None) -> str:

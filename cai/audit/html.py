@@ -1,17 +1,18 @@
 """The ``cai audit --html`` page: each stage's summary, its plots, and its chains or pairs.
 
-Built on :mod:`cai.report`; every piece of model text goes through :func:`~cai.report.esc`
-(diffs become ``<del>``/``<ins>`` around escaped words).
+Built on :mod:`cai.audit.report`; every piece of model text goes through
+:func:`~cai.audit.report.esc` (diffs become ``<del>``/``<ins>`` around escaped words). Reading
+and selecting the runs is :mod:`cai.audit`'s job; this module only lays them out.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .audit import Chain, PairItem, StageRun, summary
+from . import Chain, PairItem, StageRun, summary
+from .compare import compare_section
+from .diff import change, render, word_diff
 from .report import Report, esc, figure
-from .stages.compare_html import compare_section
-from .textdiff import change, render, word_diff
 
 BLUE, ORANGE, GREY = "#3b6ea8", "#d9822b", "#888888"
 
