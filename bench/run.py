@@ -352,7 +352,7 @@ def bench_machine_fraction(args) -> list[dict]:
     config = backend.model.config
     items = load_prompts("red-team", max(args.fraction_batches))
     chats = [it.chat for it in items]
-    ids = backend._encode([backend.render(c) for c in chats])
+    ids = backend.encode([backend.render(c) for c in chats])
     backend.prefix_cache = False  # every prompt token is computed, so every one is counted
     backend.generate(chats[:2], Sampling(max_new_tokens=2))  # warm-up
     sweep = []
@@ -600,7 +600,7 @@ def bench_engine(args) -> list[dict]:
         )
     )
     tok = bf16.tok
-    ids = bf16._encode([bf16.render(c) for c in chats])
+    ids = bf16.encode([bf16.render(c) for c in chats])
     config = GenerationConfig(
         max_new_tokens=params.max_new_tokens,
         do_sample=False,

@@ -36,9 +36,9 @@ def test_shared_prefix_reuse_gives_identical_greedy_text(tiny_model):
     prompts = [c + [{"role": "assistant", "content": "The answer is ("}] for c in chats(7)]
     for dtype in ("float32", "bfloat16"):
         backend = make_backend("hf", tiny_model, max_batch_size=3, dtype=dtype)
-        assert backend._sharing()
-        ids = backend._encode([backend.render(c) for c in chats(7)])
-        assert backend._shared_prefix(ids) >= 32  # the few-shot block is shared
+        assert backend.shares_prefix
+        ids = backend.encode([backend.render(c) for c in chats(7)])
+        assert backend.shared_prefix_length(ids) >= 32  # the few-shot block is shared
         texts = [backend.render(c) for c in prompts]
         with_cache = backend.generate(chats(7), params)
         lp_with = backend.choice_logprobs(texts, ["A", "B"])
@@ -68,8 +68,8 @@ def test_a_prompt_extending_the_last_calls_rows_reuses_their_keys_and_values(tin
         for i, (c, f) in enumerate(zip(chats(7), first), start=1)
     ]
     again = reusing.generate(follow, params)
-    ids = reusing._encode([reusing.render(c) for c in chats(7)])
-    shared = reusing._shared_prefix(ids)
+    ids = reusing.encode([reusing.render(c) for c in chats(7)])
+    shared = reusing.shared_prefix_length(ids)
     # at least every first prompt's own tokens came from the kept rows, less the layout's slack
     assert reusing.reused_tokens > 0.5 * sum(len(x) - shared for x in ids)
     assert [c[0].text for c in again] == [c[0].text for c in fresh.generate(follow, params)]
@@ -139,9 +139,9 @@ def check(backend, prompts, choices, got):
     import torch
 
     for prompt, row in zip(prompts, got):
-        base = backend._encode([prompt])[0]
+        base = backend.encode([prompt])[0]
         for choice, value in zip(choices, row):
-            target = backend._encode([choice])[0]
+            target = backend.encode([choice])[0]
             ids = torch.tensor([base + target])
             with torch.inference_mode():
                 logp = torch.log_softmax(backend.model(input_ids=ids).logits[0].float(), -1)
@@ -164,7 +164,7 @@ def test_bf16_matches_fp32_greedily_within_tolerance(tiny_model):
     outs = fp32.generate(chats(6), Sampling(max_new_tokens=16))
     steps = ties = 0
     for chat, out in zip(chats(6), outs):
-        ids = torch.tensor([fp32._encode([fp32.render(chat) + out[0].text])[0]])
+        ids = torch.tensor([fp32.encode([fp32.render(chat) + out[0].text])[0]])
         with torch.inference_mode():
             l32 = torch.log_softmax(fp32.model(input_ids=ids).logits[0, -17:].float(), -1)
             l16 = torch.log_softmax(bf16.model(input_ids=ids).logits[0, -17:].float(), -1)
@@ -219,12 +219,12 @@ def test_memory_budget_cuts_batches_and_keeps_results(backend):
     params = Sampling(max_new_tokens=8)
     wide = backend.generate(chats(6), params)
     lengths = [40, 39, 38, 20, 19, 18]
-    assert [len(b) for b in backend._batches(lengths, 8)] == [3, 3]  # max_batch_size=3
+    assert [len(b) for b in backend.batches(lengths, 8)] == [3, 3]  # max_batch_size=3
     saved = backend.memory_budget
     try:
         for budget, copies in ((backend.batch_bytes(1, 48), 1), (backend.batch_bytes(2, 48), 2)):
             backend.memory_budget = budget  # room for one row (or one prompt) of the widest
-            batches = backend._batches(lengths, 8, copies=copies)
+            batches = backend.batches(lengths, 8, copies=copies)
             assert [len(b) for b in batches[:3]] == [1, 1, 1]
             assert sorted(i for b in batches for i in b) == list(range(6))
             for b in batches:
@@ -241,8 +241,8 @@ def test_cai_cpu_attention_matches_sdpa(dtype, tol):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from cai.backends.attention import decode_attention
-    from cai.backends.kvcache import GrowingLayer
+    from cai.backends.hf.attention import decode_attention
+    from cai.backends.hf.kvcache import GrowingLayer
 
     torch.manual_seed(0)
     dt = getattr(torch, dtype)
@@ -251,8 +251,9 @@ def test_cai_cpu_attention_matches_sdpa(dtype, tol):
     b, kv, heads, d, length = 4, 2, 6, 16, 40
     buf = torch.randn(2, b, kv, length + 8, d, dtype=dt)  # a view of a larger buffer
     key, value = buf[0, :, :, :length], buf[1, :, :, :length]
-    grown = GrowingLayer(length + 8)  # our cache: a decoding step reads its whole buffer
-    grown.update(key, value)
+    grown = GrowingLayer(length + 8, cai_attention=True)  # a decoding step reads its whole buffer
+    cached = grown.update(key, value)
+    assert cached[0].key_buffer.shape[-2] == length + 8
     pads = [0, 3, 7, 12]
     keep = torch.ones(b, length, dtype=torch.bool)
     for row, p in enumerate(pads):
@@ -262,7 +263,7 @@ def test_cai_cpu_attention_matches_sdpa(dtype, tol):
         causal = torch.ones(q, length, dtype=torch.bool).tril(length - q)
         mask = (causal[None] & keep[:, None, :])[:, None]  # [b, 1, q, L]
         ref, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=d**-0.5)
-        for k, v in ((key, value), (grown.keys, grown.values)):
+        for k, v in ((key, value), cached):
             ours, _ = decode_attention(module, query, k, v, mask, scaling=d**-0.5)
             assert ours.shape == ref.shape == (b, q, heads, d)
             assert (ours.float() - ref.float()).abs().max().item() < tol
@@ -275,8 +276,8 @@ def test_shared_prefix_attention_matches_sdpa_over_the_whole_sequence(dtype, tol
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from cai.backends.attention import decode_attention
-    from cai.backends.kvcache import make_cache
+    from cai.backends.hf.attention import decode_attention
+    from cai.backends.hf.kvcache import make_cache
 
     torch.manual_seed(1)
     dt = getattr(torch, dtype)
@@ -293,13 +294,14 @@ def test_shared_prefix_attention_matches_sdpa_over_the_whole_sequence(dtype, tol
         k_own, v_own = torch.randn(2, b, kv, own, d, dtype=dt)
         if q == 1:
             cache.update(k_own[:, :, :-1], v_own[:, :, :-1])
-        key, value = cache.update(k_own[:, :, own - q :], v_own[:, :, own - q :])
-        assert torch.equal(key.cai_prefix[0], pk) and cache.get_seq_length() == plen + own
+        cached, value = cache.update(k_own[:, :, own - q :], v_own[:, :, own - q :])
+        assert torch.equal(cached.prefix[0], pk) and cache.get_seq_length() == plen + own
+        key = cached.keys
         query = torch.randn(b, q, heads, d, dtype=dt).transpose(1, 2)
         total = plen + own
         causal = torch.ones(q, total, dtype=torch.bool).tril(total - q)
         mask = (causal[None] & keep[:, None, :])[:, None] if padded else None
-        ours, _ = decode_attention(module, query, key, value, mask, scaling=d**-0.5)
+        ours, _ = decode_attention(module, query, cached, value, mask, scaling=d**-0.5)
         whole_k = torch.cat([pk.expand(b, -1, -1, -1), key], dim=-2)
         whole_v = torch.cat([pv.expand(b, -1, -1, -1), value], dim=-2)
         ref_mask = mask if padded else causal[None, None].expand(b, 1, q, total)
@@ -355,7 +357,8 @@ def test_packed_linear_weights_change_no_output(tiny_model):
     the same text as the plain layers; unpacking gives the plain forward back."""
     import torch
 
-    from cai.backends.hf import _Packed, pack_linears, unpack_linears
+    from cai.backends.hf import pack_linears, unpack_linears
+    from cai.backends.hf.cpu import PackedLinear
 
     backend = make_backend("hf", tiny_model, dtype="bfloat16", max_batch_size=4)
     model = backend.model
@@ -370,8 +373,8 @@ def test_packed_linear_weights_change_no_output(tiny_model):
         assert not any("forward" in m.__dict__ for m in linears)
         return
     assert backend.packed_linears == len(linears) > 0
-    assert all(isinstance(m.forward, _Packed) for m in linears)
-    ids = torch.tensor([backend._encode([backend.render(chats(1)[0])])[0]])
+    assert all(isinstance(m.forward, PackedLinear) for m in linears)
+    ids = torch.tensor([backend.encode([backend.render(chats(1)[0])])[0]])
     params = Sampling(max_new_tokens=12)
     with torch.inference_mode():
         packed_logits = model(input_ids=ids).logits
@@ -392,6 +395,8 @@ def test_prefill_in_groups_of_similar_length_gives_the_same_text(tiny_model):
     """Rows of a batch prefilled in groups, each as wide as its own widest row (then decoded
     together), give the texts of one rectangle for the whole batch (fp32): with a shared
     prefix, without one, and for prompts that extend the last call's kept rows."""
+    from cai.backends.hf.layout import prefill_groups
+
     params = Sampling(max_new_tokens=10)
     grouped = make_backend("hf", tiny_model, max_batch_size=16, dtype="float32")
     grouped.group_rows, grouped.group_overhead = 2, 0
@@ -399,9 +404,10 @@ def test_prefill_in_groups_of_similar_length_gives_the_same_text(tiny_model):
     short = [[{"role": "user", "content": "hi " * (1 + 3 * i)}] for i in range(6)]  # no prefix
     calls = []
     for batch in (chats(10), short):
-        ids = grouped._encode([grouped.render(c) for c in batch])
-        shared = grouped._shared_prefix(ids)
-        assert len(grouped._groups([len(x) - shared for x in ids])) > 1
+        ids = grouped.encode([grouped.render(c) for c in batch])
+        shared = grouped.shared_prefix_length(ids)
+        needs = [len(x) - shared for x in ids]
+        assert len(prefill_groups(needs, grouped.group_rows, grouped.group_overhead)) > 1
         calls.append(shared)
         got = grouped.generate(batch, params)
         assert [c[0].text for c in got] == [c[0].text for c in whole.generate(batch, params)]
@@ -429,11 +435,11 @@ def test_a_prompt_sharing_only_its_start_with_a_kept_row_reuses_that_start(tiny_
     first = [FEW_SHOT + [{"role": "user", "content": q + " First answer."}] for q in question]
     then = [FEW_SHOT + [{"role": "user", "content": q + " Then another."}] for q in question]
     reusing.generate(first, params)
-    ids = reusing._encode([reusing.render(c) for c in then])
-    shared = reusing._shared_prefix(ids)
-    found = reusing._find_kept(ids, shared)
-    assert all(f is not None and f[1] >= 8 for f in found)  # the question's tokens at least
-    assert all(f[1] < len(x) - shared - 3 for f, x in zip(found, ids))  # not the new words
+    ids = reusing.encode([reusing.render(c) for c in then])
+    shared = reusing.shared_prefix_length(ids)
+    found = reusing.reuse.find(ids, shared)
+    assert all(f is not None and f.tokens >= 8 for f in found)  # the question's tokens at least
+    assert all(f.tokens < len(x) - shared - 3 for f, x in zip(found, ids))  # not the new words
     got = reusing.generate(then, params)
-    assert reusing.reused_tokens >= sum(f[1] for f in found) - 8 * len(found)
+    assert reusing.reused_tokens >= sum(f.tokens for f in found) - 8 * len(found)
     assert [c[0].text for c in got] == [c[0].text for c in fresh.generate(then, params)]

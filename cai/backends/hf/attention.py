@@ -1,33 +1,27 @@
 """Attention for CPU decoding and prefill, registered with transformers as ``cai_cpu``.
 
-While decoding, each step has one query per row against the whole cache (a 1,000-token few-shot
-prompt in every critique). On this project's 2-core CPU, torch's fused CPU kernel
-(``scaled_dot_product_attention``) spent 12 ms per layer and step on 16 such rows in bfloat16,
-70% of decode time, as transformers calls it (measured here); its flash kernel called directly
-still spent 1.4 ms on 64 rows' few-shot prefix and 2 to 3.5 ms on their own 200 to 400 tokens.
-A decoding step here (:func:`_one_query`) is one batched product per part for the scores, one
-softmax over both parts' scores together, and one product per part with the values, the query
-heads that share a key/value head stacked as one matrix; the products read the cache's whole
-buffer, so that oneDNN sees contiguous matrices.
-A prefill with a padding mask goes to torch's kernel with ``enable_gqa``: transformers would
-first copy the keys and values once per query head (1.4 s of an 8 s prefill of 32 critique
-rows). Everything else goes to transformers' own ``sdpa`` function unchanged, and the mask is
-built exactly as for ``sdpa``.
+Handles: a decoding step (one query per row) as one batched product per part for the scores,
+one softmax over both parts' scores together and one product per part with the values, reading
+our cache's whole buffers so that oneDNN multiplies contiguous matrices; a prefill with a padding
+mask through torch's kernel with ``enable_gqa`` (transformers would first copy the keys and
+values once per query head); a shared prefix (``kvcache.SharedPrefixLayer``: the few-shot block,
+the same for every row) held once and attended in two parts, as in cascade or Hydragen
+attention: every row's queries against the prefix as one matrix product, the rows' own tokens
+as above, the two parts' softmaxes merged by their log-sum-exps in a prefill and sharing one
+softmax in a decoding step. Grouped-query attention is computed without copying the cache per
+query head: the query heads that share a key/value head attend to its keys at once.
 
-Grouped-query attention is computed without copying the cache per query head: the query heads
-that share a key/value head are stacked and attend to that head's keys at once.
-
-A shared prefix (``kvcache.SharedPrefixLayer``: the few-shot block, the same for every row) is
-held once and attended in two parts, as in cascade or Hydragen attention: every row's queries
-against the prefix as one matrix product (the prefix read once per layer instead of once per
-row) and the rows' own tokens as above; in a prefill the two parts' softmaxes are merged by
-their log-sum-exps, in a decoding step their scores share one softmax.
-Measured here: one decoding step of 64 critique rows read 64 copies of a 1,200-token prefix.
+Our cache hands :func:`decode_attention` a :class:`kvcache.CachedKV` as ``key``; any other
+cache, plain tensors. The mask is built exactly as for ``sdpa``. Does not handle: attention
+weights as output or dropout (without a shared prefix such calls go to transformers' own ``sdpa``
+function, as does a prefill without padding).
 """
 
 from __future__ import annotations
 
 import torch
+
+from .kvcache import CachedKV
 
 NAME = "cai_cpu"
 
@@ -35,13 +29,18 @@ NAME = "cai_cpu"
 def decode_attention(
     module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs
 ):
-    """``query`` [b, heads, q, d]; ``key``/``value`` [b, kv_heads, L, d]; returns [b, q, heads, d]
-    (as transformers' attention functions do) and no weights."""
+    """``query`` [b, heads, q, d]; ``key``/``value`` [b, kv_heads, L, d], or from our cache a
+    :class:`CachedKV` as ``key`` (whose own values ``value`` is); returns [b, q, heads, d] (as
+    transformers' attention functions do) and no weights."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    cached = key if isinstance(key, CachedKV) else None
+    prefix = buffers = None
+    if cached is not None:
+        key, value, prefix = cached.keys, cached.values, cached.prefix
+        buffers = (cached.key_buffer, cached.value_buffer)
     b, heads, q, d = query.shape
     kv = key.shape[1]
-    prefix = getattr(key, "cai_prefix", None)
     if prefix is None and (kwargs.get("output_attentions") or (dropout and module.training)):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -52,7 +51,7 @@ def decode_attention(
         if attention_mask is not None:
             keep = _seen(attention_mask)[..., -1:, plen : plen + key.shape[-2]]
         scale = scaling if scaling is not None else d**-0.5
-        out = _one_query(query, key, value, keep, scale, prefix)
+        out = _one_query(query, key, value, keep, scale, prefix, buffers)
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
     if prefix is not None:
         return shared_prefix_attention(query, key, value, prefix, attention_mask, scaling)
@@ -86,7 +85,7 @@ def _additive(mask, dtype):
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
-def _one_query(query, key, value, keep, scale: float, prefix=None):
+def _one_query(query, key, value, keep, scale: float, prefix=None, buffers=None):
     """A decoding step: ``query`` [b, heads, 1, d] over a shared ``prefix`` (keys, values
     [1, kv, P, d], or None) and each row's own ``key``/``value`` [b, kv, L, d], ``keep`` bool
     [b, 1, 1, L] or None (all own keys seen); returns [b, heads, 1, d] in float32.
@@ -95,17 +94,14 @@ def _one_query(query, key, value, keep, scale: float, prefix=None):
     that share a key/value head are that head's queries; the prefix part is one product for
     all rows), one softmax runs over it (in float32 inside, weights rounded to the cache's dtype
     as transformers' eager attention does), and each part's weights multiply its values.
-    oneDNN's bf16 product reads only contiguous matrices: a view of the growing cache (``L`` of
-    its capacity) sent it to a slow path (4 ms against 0.4 for 64 rows of 300 tokens, measured
-    here), so when the keys come from a :class:`kvcache.GrowingLayer` the products run over its
-    whole buffer (``cai_full``, zeroed) and the mask hides the room not yet filled; other keys
-    are copied contiguous first.
+    oneDNN's bf16 product is slow on a view of part of a larger buffer, so with ``buffers``
+    (our cache's whole key and value buffers, zero beyond ``L``) the products run over them and
+    the mask hides the room not yet filled; other keys are copied contiguous first.
     """
     b, heads, _, d = query.shape
     kv, length = key.shape[1], key.shape[-2]
     group = heads // kv
-    full = getattr(key, "cai_full", None)
-    key, value = (key.contiguous(), value.contiguous()) if full is None else full
+    key, value = (key.contiguous(), value.contiguous()) if buffers is None else buffers
     room = key.shape[-2]
     seen = keep
     if room != length:

@@ -1,208 +1,48 @@
-"""transformers engine: the CPU default.
+"""The hf engine: transformers on the CPU, the portable default.
 
 Handles: chat templating, length-sorted left-padded batches sized to the memory available,
 prefilled in groups of rows of similar length, greedy or sampled decoding with ``n`` samples per
 chat, stop at the tokenizer's end-of-turn token, a shared-prefix KV cache held once per batch, the
-last call's rows reused by prompts that begin like them (a revision after its critique, the next
-round's critique after the revision, options scored after written reasoning), bf16 linear weights
-packed once for oneDNN, and option log-probs from one forward pass. Does not handle: tensor
-parallelism or paged attention (use the vllm engine on a GPU).
+last call's rows reused by prompts that begin like them (``reuse.py``), bf16 linear weights
+packed once for oneDNN (``cpu.py``), and option log-probs from one forward pass. Does not handle:
+tensor parallelism or paged attention (use the vllm engine on a GPU).
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
-from ..errors import InputError
-from ..models import ResolvedModel
-from . import Chat, Completion, Progress, Sampling
+from ...errors import InputError
+from ...models import ResolvedModel
+from .. import Chat, Completion, Progress, Sampling
+from .attention import NAME, register
+from .cpu import (
+    bytes_per_token,
+    keep_freed_memory,
+    mem_available,
+    memory_budget_of,
+    pack_linears,
+    resolve_dtype,
+    small_kernel_caches,
+)
 from .kvcache import GrowingLayer, SharedPrefixLayer, make_cache
-
-
-@dataclass
-class _Kept:
-    """A finished row's tokens (prompt, then generated tokens fed back) and where its keys and
-    values are: row ``row`` of the batch cache ``past``, own token k at ``positions[k]``
-    (its own part starting after a shared prefix of ``prefix`` tokens)."""
-
-    tokens: tuple[int, ...]
-    prefix: int
-    past: object
-    row: int
-    positions: object
-
-
-class _Layout(NamedTuple):
-    """A batch's own part after the shared prefix: per row, how many own tokens come from a
-    kept row (right-aligned in the first ``held`` positions) and the tokens to compute (in the
-    last ``width - held``); ``mask`` covers the prefix and the own part."""
-
-    reused: list[int]
-    computed: list[list[int]]
-    mask: object
-    held: int
-    width: int
-
-    @property
-    def positions(self):
-        """Each token's position in its row, the padding before it not counted."""
-        return (self.mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def keep_freed_memory() -> None:
-    """Stop glibc from unmapping large freed blocks (it then page-faults them back each step).
-
-    Every forward pass frees and reallocates activations of tens of MB; by default glibc returns
-    them to the OS, and the next pass pays for zeroed pages again. Measured here on a 12-prompt
-    critique batch: 64 s -> 27 s wall, system time 63 s -> 0.2 s. No-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def small_kernel_caches(entries: int = 16) -> None:
-    """Cap oneDNN's and ideep's caches of compiled kernels (one per matrix shape, 1,024 each by
-    default) unless the environment sets them; read when torch first runs such a kernel.
-
-    Every batch meets new shapes (its width; each decoding step too, when attention multiplied only
-    the filled part of the cache), so the default caches fill with kernels used once. ``make bench``
-    (scaling rows) on the critique stage at 128 prompts: peak memory above the model 126, 126 and
-    123 MB with 8 entries in three full runs, 139 MB with 16 in a fourth; 361, 230, 280 and 260 MB
-    with the defaults. Not fewer than 16: a decoding step with a shared prefix uses 8 shapes per
-    layer (4 linear, 4 attention products) and one for the LM head, and with 8 entries each step
-    missed 8 kernels (counted with ``ONEDNN_VERBOSE=all``), at about 0.6 ms a miss.
-    """
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-        os.environ.setdefault(name, str(entries))
-
-
-class _Packed:
-    """A linear layer's forward with its weight reordered once into oneDNN's blocked layout."""
-
-    def __init__(self, torch, weight, bias):
-        self.ops = torch.ops.mkldnn
-        self.weight = self.ops._reorder_linear_weight(weight.detach())
-        self.bias = None if bias is None else bias.detach()
-
-    def __call__(self, x):
-        return self.ops._linear_pointwise(x, self.weight, self.bias, "none", [], "")
-
-
-def pack_linears(model) -> int:
-    """Give every bfloat16 ``nn.Linear`` of ``model`` a forward that reads its weight reordered
-    once into oneDNN's blocked layout (the ops torch.compile uses for CPU inference); returns
-    how many were packed, 0 where this torch has no such ops. :func:`unpack_linears` undoes it.
-
-    A plain bf16 ``linear`` hands oneDNN the weight as stored, and every call copies it into
-    blocks first. Measured here (2 cores), the same products, bit for bit: 64 rows x 576 ->
-    1,536 took 0.32 ms plain and 0.27 packed, the 49,152-token LM head 11.4 ms and 9.3, one
-    row 0.06 and 0.03; a prefill's thousands of rows gain nothing. The packed copies take the
-    linear weights' memory once more (270 MB for the default model, its tied LM head included).
-    Each layer is checked against the plain product once; any difference and none is packed.
-    """
-    import torch
-
-    mkldnn = getattr(torch.ops, "mkldnn", None)
-    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")):
-        return 0
-    layers = [
-        m
-        for m in model.modules()
-        if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16
-    ]
-    rng = torch.Generator().manual_seed(0)  # the probes leave torch's global seed alone
-    try:
-        with torch.inference_mode():
-            for m in layers:
-                m.forward = _Packed(torch, m.weight, m.bias)
-                probe = torch.randn(3, m.in_features, generator=rng).to(m.weight.dtype)
-                plain = torch.nn.functional.linear(probe, m.weight, m.bias)
-                if not torch.equal(m.forward(probe), plain):
-                    raise RuntimeError("packed linear differs")
-    except RuntimeError:
-        unpack_linears(model)
-        return 0
-    return len(layers)
-
-
-def unpack_linears(model) -> None:
-    """Give packed linear layers back their plain forward."""
-    for m in model.modules():
-        if isinstance(m.__dict__.get("forward"), _Packed):
-            del m.forward
-
-
-DTYPES = ("auto", "float32", "bfloat16")
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` is bfloat16 where the CPU computes it natively, else float32.
-
-    Without native support torch emulates bf16 matmuls and they are slower than fp32. Greedy
-    parity with fp32 is checked in tests/test_hf_backend.py and reported by ``make bench``.
-    """
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if cpu_has_bf16() else "float32"
-
-
-def mem_available() -> int | None:
-    """Bytes the kernel says can be allocated without swapping (``MemAvailable``), if known."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def bytes_per_token(config, itemsize: int) -> int:
-    """Memory one token of one row holds during a forward pass: its keys and values in every
-    layer, plus the widest activations of a layer (hidden states, q/k/v/o, the MLP's two
-    intermediate tensors and their product), counted in fp32 to be safe."""
-    text = getattr(config, "text_config", None) or config
-    hidden = text.hidden_size
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
-    inter = getattr(text, "intermediate_size", None) or 4 * hidden
-    kv = 2 * text.num_hidden_layers * kv_heads * head_dim * itemsize
-    return kv + (6 * hidden + 3 * inter) * 4
-
-
-def memory_budget_of(available: int | None, share: float = 0.5) -> int:
-    """Bytes one batch may use: ``share`` of the memory available now (after the weights are
-    loaded), at least 256 MiB; 4 GiB when the available memory is unknown."""
-    if not available:
-        return 4 << 30
-    return max(256 << 20, int(share * available))
+from .layout import Layout, needs, plan_layout, prefill_groups
+from .reuse import KeptRow, Match, ReuseCache
 
 
 class HFBackend:
+    """The hf engine (see the module docstring); options are keyword arguments of
+    ``make_backend("hf", model, ...)``.
+
+    The engine is not stateless: ``reuse`` (:class:`ReuseCache`) holds what one call leaves
+    for the next, the shared prefix's KV cache and the last ``generate`` call's rows, and a call
+    computes only the keys and values it cannot read there (in float32 the same text as
+    computing them all). :meth:`forget` empties it.
+    """
+
     name = "hf"
 
     def __init__(
@@ -241,10 +81,8 @@ class HFBackend:
         self.share_prefix = share_prefix
         self.reuse_rows = reuse_rows
         self.group_prefill = group_prefill
-        self.group_rows, self.group_overhead = 8, 64  # see _groups
-        self._prefix: tuple[tuple[int, ...], object] | None = None
-        # the last generate call's rows, whose keys and values a later prompt may begin with
-        self._kept: list[_Kept] = []
+        self.group_rows, self.group_overhead = 8, 64  # see layout.prefill_groups
+        self.reuse = ReuseCache()
         self.reused_tokens = 0  # prompt tokens read from kept rows instead of computed
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         self.dtype = resolve_dtype(dtype)
@@ -259,8 +97,6 @@ class HFBackend:
         self.model.eval().requires_grad_(False)
         self.packed_linears = pack_linears(self.model) if pack_weights else 0
         if decode_attention and self.model.config._attn_implementation == "sdpa":
-            from .attention import register
-
             self.model.set_attn_implementation(register())  # decoding steps; the rest is sdpa
         # Batches are cut to fit this many bytes: half the memory available once the weights
         # are loaded, unless given.
@@ -290,25 +126,29 @@ class HFBackend:
         base = enc(text)
         return all(enc(text + c) == base + enc(c) for c in choices)
 
-    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text as it is (no special tokens added): a rendered chat's ids."""
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]
 
-    def _sharing(self) -> bool:
-        """Whether the batch's shared prefix is held once (our attention reads it so) rather than
-        copied into every row."""
-        from .attention import NAME
+    def _cai_attention(self) -> bool:
+        """Whether the model's attention is ours (``cai_cpu``), which reads ``kvcache.CachedKV``."""
+        return self.model.config._attn_implementation == NAME
 
-        return self.share_prefix and self.model.config._attn_implementation == NAME
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether a batch's shared prefix is held once (our attention reads it so) rather than
+        copied into every row."""
+        return self.share_prefix and self._cai_attention()
 
     def batch_bytes(self, rows: int, tail: int, shared: int = 0) -> int:
         """Peak memory of a forward pass over ``rows`` rows of ``tail`` own tokens after a
         ``shared`` prefix: every row's keys, values and activations for its tokens (the prefix's
         too when each row holds its own copy of it), plus one layer's attention scores."""
         total = shared + tail
-        own = tail if self._sharing() else total
+        own = tail if self.shares_prefix else total
         return rows * (own * self._per_token + self._heads * tail * total * 4)
 
-    def _batches(
+    def batches(
         self, lengths: list[int], per_row: int, shared: int = 0, copies: int = 1
     ) -> list[list[int]]:
         """Indices sorted longest first, cut into batches under the batch size and the memory
@@ -331,14 +171,14 @@ class HFBackend:
         self, chats: Sequence[Chat | str], params: Sampling, progress: Progress | None = None
     ) -> list[list[Completion]]:
         torch = self.torch
-        ids = self._encode([c if isinstance(c, str) else self.render(c) for c in chats])
-        shared = self._shared_prefix(ids)
+        ids = self.encode([c if isinstance(c, str) else self.render(c) for c in chats])
+        shared = self.shared_prefix_length(ids)
         found = self._find_kept(ids, shared)
-        self._kept = []  # replaced by this call's rows
+        self.reuse.rows = []  # replaced by this call's rows
         out: list[list[Completion]] = [[] for _ in chats]
         step = max(1, self.max_batch_size // params.n)  # rows x samples under the batch size
         for b, batch in enumerate(
-            self._batches([len(x) - shared for x in ids], params.max_new_tokens, shared, params.n)
+            self.batches([len(x) - shared for x in ids], params.max_new_tokens, shared, params.n)
         ):
             for s in range(0, len(batch), step):
                 part = batch[s : s + step]
@@ -354,99 +194,29 @@ class HFBackend:
 
     def forget(self) -> None:
         """Drop the cached prefix and the kept rows: the next call computes every token."""
-        self._prefix = None
-        self._kept = []
+        self.reuse.clear()
 
     def _find_kept(
         self, ids: list[list[int]], shared: int, last: Sequence[int] | None = None
-    ) -> list[tuple[_Kept, int] | None]:
-        """Per row, the kept row of the last call (its prompt, then the generated tokens fed
-        back) that begins with the longest run of this row's tokens, and how many of this row's
-        own tokens after ``shared`` that run covers, leaving the row's ``last`` tokens (1 by
-        default) to compute. A revision prompt extends its critique row (prompt and critique);
-        the next round's critique prompt shares its question with the last revision row."""
-        found: list[tuple[_Kept, int] | None] = [None] * len(ids)
-        if not self._kept or not shared or not self._sharing():
-            return found
-        # kept rows by their tokens up to the first past our shared prefix, whose own part does
-        # not start inside it
-        index: dict[tuple[int, ...], list[_Kept]] = {}
-        for kept in self._kept:
-            if kept.prefix <= shared < len(kept.tokens):
-                index.setdefault(kept.tokens[: shared + 1], []).append(kept)
-        for i, x in enumerate(ids):
-            best, best_end = None, shared
-            for kept in index.get(tuple(x[: shared + 1]), ()):
-                end, toks = shared + 1, kept.tokens
-                while end < len(toks) and end < len(x) and toks[end] == x[end]:
-                    end += 1
-                if end > best_end:
-                    best, best_end = kept, end
-            covered = min(best_end, len(x) - (last[i] if last else 1)) - shared
-            if best is not None and covered > 0:
-                found[i] = (best, covered)
-        return found
+    ) -> list[Match | None]:
+        """Per row, the kept row whose keys and values it may read (``ReuseCache.find``); none
+        unless the prefix is held once, as kept rows' caches hold it."""
+        if not self.shares_prefix:
+            return [None] * len(ids)
+        return self.reuse.find(ids, shared, last)
 
-    def _layout(self, tails: list[list[int]], reuse, shared: int, spans=None) -> _Layout:
-        """How many of each row's own tokens come from a kept row (``reuse``) and the rest to
-        compute: ``[shared prefix][padding][reused][padding][computed]``, the reused part
-        right-aligned, the computed part as wide as the widest row's. A row that reuses
-        computes ``spans[i]`` tokens (default: as many as the row that needs most), recomputing
-        kept ones if it needs fewer, so that rows computed together form a rectangle."""
-        reused = [0] * len(tails)
-        if reuse and any(reuse) and self._sharing():
-            if spans is None:
-                spans = [max(self._needs(tails, reuse))] * len(tails)
-            reused = [max(0, len(t) - w) if u else 0 for t, w, u in zip(tails, spans, reuse)]
-        held = max(reused)
-        computed = [t[r:] for t, r in zip(tails, reused)]
-        wide = max(len(c) for c in computed)
-        mask = self.torch.tensor(
-            [
-                [1] * shared + [0] * (held - r) + [1] * r + [0] * (wide - len(c)) + [1] * len(c)
-                for r, c in zip(reused, computed)
-            ]
-        )
-        return _Layout(reused, computed, mask, held, held + wide)
+    def _layout(self, tails, reuse, shared: int, spans=None) -> Layout:
+        """``layout.plan_layout``, reading kept rows only when the prefix is held once."""
+        return plan_layout(tails, reuse if self.shares_prefix else None, shared, spans)
 
-    @staticmethod
-    def _needs(tails: list[list[int]], reuse) -> list[int]:
-        """Per row, how many of its own tokens have no kept keys and values to read."""
-        reuse = reuse or [None] * len(tails)
-        return [len(t) - (u[1] if u else 0) for t, u in zip(tails, reuse)]
-
-    def _groups(self, needs: list[int]) -> list[list[int]]:
-        """Rows cut into groups of similar need, each computed as its own rectangle (its widest
-        row's width): the cuts that minimise the tokens computed, padding included, plus
-        ``group_overhead`` tokens' worth per forward pass, each group ``group_rows`` rows or
-        more (a product over fewer rows runs the CPU below its rate)."""
-        least, overhead = self.group_rows, self.group_overhead
-        order = sorted(range(len(needs)), key=lambda i: needs[i])
-        n = len(order)
-        best = [0.0] + [math.inf] * n  # best[k]: cost of the k rows of least need
-        cut = [0] * (n + 1)
-        for k in range(1, n + 1):
-            for j in range(k):
-                if (k - j < least and not (j == 0 and k == n)) or best[j] == math.inf:
-                    continue
-                cost = best[j] + (k - j) * needs[order[k - 1]] + overhead
-                if cost < best[k]:
-                    best[k], cut[k] = cost, j
-        groups, k = [], n
-        while k > 0:
-            groups.append(order[cut[k] : k])
-            k = cut[k]
-        return groups[::-1]
-
-    def _prefill(self, past, input_ids, lay: _Layout, shared: int, groups, prefix_kv) -> None:
+    def _prefill(self, past, input_ids, lay: Layout, shared: int, groups, prefix_kv) -> None:
         """Compute every row's prompt but its last token into ``past``, one group of rows at a
         time, each as wide as its widest row; ``generate`` then starts from the last token.
 
-        One rectangle for the whole batch computes every row as wide as the widest: the
-        revision prompts of a critique run need 69 to 100 new tokens each (measured), so a
-        fifth of that rectangle is padding. A group's tokens sit where the whole batch's would
-        (right-aligned, the same positions and mask), in a cache of its own that is then
-        copied into ``past``.
+        One rectangle for the whole batch would compute every row as wide as the widest, rows
+        of very different lengths mostly padding. A group's tokens sit where the whole batch's
+        would (right-aligned, the same positions and mask), in a cache of its own that is then
+        written into ``past``.
         """
         torch = self.torch
         width, held = lay.width, lay.held
@@ -461,11 +231,16 @@ class HFBackend:
             start, stop = shared + width - span, shared + width - 1
             mask = torch.cat([lay.mask[idx, : shared + held], lay.mask[idx, start:stop]], dim=1)
             cache = make_cache(
-                self.model.config, len(group), held + span - 1, prefix_kv, prefix_kv is not None
+                self.model.config,
+                len(group),
+                held + span - 1,
+                prefix_kv,
+                prefix_kv is not None,
+                self._cai_attention(),
             )
             if held:
                 for layer, big in zip(cache.layers, layers):
-                    layer.update(big._k[idx, :, :held], big._v[idx, :, :held])
+                    layer.update(big.keys[idx, :, :held], big.values[idx, :, :held])
             with torch.inference_mode():
                 self.model(
                     input_ids=input_ids[idx, start:stop],
@@ -476,24 +251,25 @@ class HFBackend:
                     logits_to_keep=1,
                 )
             for layer, big in zip(cache.layers, layers):
-                if not big.is_initialized:
-                    like = layer._k.new_empty(rows, *layer._k.shape[1:])
-                    big.lazy_initialization(like, like)
-                big._k[idx, :, width - span : width - 1] = layer._k[:, :, held : held + span - 1]
-                big._v[idx, :, width - span : width - 1] = layer._v[:, :, held : held + span - 1]
+                keys, values = layer.keys[:, :, held:], layer.values[:, :, held:]
+                big.write(idx, width - span, keys, values, batch=rows)
         for big in layers:
-            big.length = width - 1
-            big._views()
+            big.set_length(width - 1)
 
-    def _batch_cache(self, prefix: list[int], rows: int, own: int, lay: _Layout, reuse):
+    def _batch_cache(self, prefix: list[int], rows: int, own: int, lay: Layout, reuse):
         """The KV cache a batch starts from: the shared ``prefix`` (held once, or copied into
         every row), room for ``own`` tokens of each row's own, and the kept rows' keys and values
         it reuses. transformers' own cache for a model with special layers; ``None`` for such a
         model without a prefix."""
         prefix_kv = self._prefix_kv(prefix) if prefix else None
-        sharing = self._sharing()
+        sharing = self.shares_prefix
         past = make_cache(
-            self.model.config, rows, own + (0 if sharing else len(prefix)), prefix_kv, sharing
+            self.model.config,
+            rows,
+            own + (0 if sharing else len(prefix)),
+            prefix_kv,
+            sharing,
+            self._cai_attention(),
         )
         if past is None:
             if prefix_kv is not None:
@@ -506,29 +282,24 @@ class HFBackend:
         return past
 
     def _keep(self, rows, shared, width, own_mask, gen_tokens, ends, fed, past) -> None:
-        """Remember the rows of a finished batch (their prompt and the generated tokens whose
-        keys and values were computed, up to the stop token at ``ends[j]`` if any) for a next
-        prompt that extends them."""
+        """Keep the rows of a finished batch (their prompt and the generated tokens whose keys
+        and values were computed, up to the stop token at ``ends[j]`` if any) for a next prompt
+        that extends them, unless the kept rows would then hold more than a quarter of the batch
+        memory budget."""
         if not (self.reuse_rows and shared and isinstance(past.layers[0], SharedPrefixLayer)):
             return
+        if not self.reuse.has_room(past, self.memory_budget // 4):
+            return
         torch = self.torch
-        size = self._cache_bytes(past)
-        held = {id(k.past): k.past for k in self._kept}
-        if size + sum(self._cache_bytes(p) for p in held.values()) > self.memory_budget // 4:
-            return  # kept rows hold at most a quarter of the batch memory budget
         for j, row in enumerate(rows):
             gen, end = gen_tokens[j], ends[j]
             n = min(fed, len(gen) if end is None else end + 1)
             own = torch.nonzero(own_mask[j]).flatten().tolist()
             positions = torch.tensor(own + list(range(width, width + n)))
-            kept = _Kept(tuple(row) + tuple(gen[:n]), shared, past, j, positions)
-            self._kept.append(kept)
+            kept = KeptRow(tuple(row) + tuple(gen[:n]), shared, past, j, positions)
+            self.reuse.rows.append(kept)
 
-    @staticmethod
-    def _cache_bytes(past) -> int:
-        return sum(t.nbytes for layer in past.layers for t in (layer._k, layer._v))
-
-    def _shared_prefix(self, ids: list[list[int]]) -> int:
+    def shared_prefix_length(self, ids: list[list[int]]) -> int:
         """Length of the token prefix all rows share (the few-shot block), if worth caching.
 
         Every row keeps at least one token of its own, so the last prompt position is always
@@ -541,19 +312,20 @@ class HFBackend:
 
     def _prefix_kv(self, prefix: list[int]):
         """The KV cache of ``prefix`` (batch 1), computed once and kept for the next call."""
-        key = tuple(prefix)
-        if self._prefix is None or self._prefix[0] != key:
+        kv = self.reuse.prefix_for(prefix)
+        if kv is None:
             with self.torch.inference_mode():
                 out = self.model(input_ids=self.torch.tensor([prefix]), use_cache=True)
-            self._prefix = (key, out.past_key_values)
-        return self._prefix[1]
+            kv = out.past_key_values
+            self.reuse.hold_prefix(prefix, kv)
+        return kv
 
     def _generate_batch(
         self,
         rows: list[list[int]],
         shared: int,
         params: Sampling,
-        reuse: list[tuple[_Kept, int] | None] | None = None,
+        reuse: list[Match | None] | None = None,
     ) -> list[Completion]:
         """Generate for ``rows``; the first ``shared`` tokens are common and come from the cache.
 
@@ -568,11 +340,13 @@ class HFBackend:
 
         pad = self.tok.pad_token_id
         tails = [r[shared:] for r in rows]
-        needs = self._needs(tails, reuse)
-        groups = self._groups(needs) if self.group_prefill else [list(range(len(rows)))]
+        need = needs(tails, reuse)
+        groups = [list(range(len(rows)))]
+        if self.group_prefill:
+            groups = prefill_groups(need, self.group_rows, self.group_overhead)
         spans = [0] * len(rows)
         for group in groups:
-            span = max(needs[i] for i in group)
+            span = max(need[i] for i in group)
             for i in group:
                 spans[i] = span
         lay = self._layout(tails, reuse, shared, spans)
@@ -620,23 +394,22 @@ class HFBackend:
             result.append(Completion(text, len(kept) + (end is not None), reason))
         return result
 
-    def _fill_reused(self, past, reuse, reused, shared, held) -> None:
+    def _fill_reused(self, past, reuse: list[Match | None], reused, shared, held) -> None:
         """Put each row's reused keys and values, right-aligned, in the first ``held`` own
         positions of ``past`` (a fresh shared-prefix cache)."""
         torch = self.torch
-        src = next(u[0] for u in reuse if u)
+        src = next(u.kept for u in reuse if u)
         for li, layer in enumerate(past.layers):
-            k0 = src.past.layers[li]._k
+            k0 = src.cache.layers[li].keys
             keys = k0.new_zeros(len(reuse), k0.shape[1], held, k0.shape[-1])
             values = torch.zeros_like(keys)
             for j, (u, r) in enumerate(zip(reuse, reused)):
                 if not r:
                     continue
-                kept = u[0]
-                pos = kept.positions[shared - kept.prefix : shared - kept.prefix + r]
-                old = kept.past.layers[li]
-                keys[j, :, held - r :] = old._k[kept.row].index_select(-2, pos)
-                values[j, :, held - r :] = old._v[kept.row].index_select(-2, pos)
+                kept = u.kept
+                old_k, old_v = kept.read(li, shared - kept.prefix, r)
+                keys[j, :, held - r :] = old_k
+                values[j, :, held - r :] = old_v
             layer.update(keys, values)
 
     def choice_logprobs(
@@ -649,10 +422,10 @@ class HFBackend:
         otherwise each (prompt, choice) is scored by teacher forcing, summing its tokens.
         """
         texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
-        choice_ids = self._encode(list(choices))
+        choice_ids = self.encode(list(choices))
         if any(not c for c in choice_ids):
             raise InputError(f"a choice in {list(choices)} encodes to no tokens")
-        ids = self._encode(texts)
+        ids = self.encode(texts)
         if all(len(c) == 1 for c in choice_ids) and len({c[0] for c in choice_ids}) == len(choices):
             firsts = [c[0] for c in choice_ids]
             rows = self._score(ids, [[] for _ in ids], firsts)
@@ -671,7 +444,7 @@ class HFBackend:
         """
         torch = self.torch
         keep = max(len(t) for t in targets) + 1
-        shared = self._shared_prefix(rows)
+        shared = self.shared_prefix_length(rows)
         shared = max(0, min(shared, min(len(r) - len(t) - 1 for r, t in zip(rows, targets))))
         if shared < self.min_prefix:
             shared = 0
@@ -680,7 +453,7 @@ class HFBackend:
         found = self._find_kept(rows, shared, [len(t) + 1 for t in targets])
         out: list = [None] * len(rows)
         pad = self.tok.pad_token_id
-        for batch in self._batches([len(r) - shared for r in rows], 0, shared):
+        for batch in self.batches([len(r) - shared for r in rows], 0, shared):
             tails = [rows[i][shared:] for i in batch]
             reuse = [found[i] for i in batch]
             lay = self._layout(tails, reuse, shared)
