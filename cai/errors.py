@@ -1,6 +1,6 @@
 """The few exceptions cai raises on purpose.
 
-The library raises; only ``cai/cli.py`` turns a :class:`CaiError` into a one-line message and an
+The library raises; only ``cai/cli/`` turns a :class:`CaiError` into a one-line message and an
 exit code. ``ConfigError`` carries every problem found in one validation pass, each with the file
 and line it comes from, so a user fixes them all at once.
 """
@@ -50,6 +50,12 @@ class RunLockedError(CaiError):
 
 class EngineError(CaiError):
     """An inference engine that cannot start (no memory for it, an unsupported model, ...)."""
+
+
+class Interrupted(CaiError):
+    """Ctrl-C: what finished is kept and a rerun resumes (exit code 130)."""
+
+    exit_code = 130
 
 
 class BackendUnavailable(CaiError):

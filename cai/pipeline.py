@@ -9,63 +9,81 @@ A pipeline is YAML::
       - {stage: critiques, prompts: red-team, limit: 8}
       - {stage: sft, data: "{critiques}/sft.jsonl", max_steps: 8}
 
-Each stage is a ``cai`` command (critiques, preferences, sft, rm, dpo, rloo, grpo, online-dpo,
-and compare for ``cai eval compare``) whose options are the command's own, validated against its
-signature, so no option is written twice. A stage's
-``out`` defaults to ``OUT/NAME`` (``name`` defaults to the stage), and ``{NAME}`` in a value is an
-earlier stage's ``out``. A finished stage leaves a marker with a hash of its options; a rerun
-skips it, and a stage whose options changed runs again (the commands resume their own work).
-``key.sub=value`` overrides (``--set``) apply before validation: ``out=runs/x``,
-``critiques.limit=4``, ``defaults.model=path``. Every problem is reported at once, with file and
-line.
+Each stage's options are validated against its config in :mod:`cai.config` (the same models the
+commands read) and it runs through the same runner. A stage's ``out`` defaults to ``OUT/NAME``
+(``name`` defaults to the stage), and ``{NAME}`` in a value is an earlier stage's ``out``; the
+stage then depends on that one. ``key.sub=value`` overrides (``--set``) apply before validation.
+Every problem is reported at once, with file and line.
+
+A finished stage leaves a marker with a hash of its options and fingerprints of what it read
+(files by content, model folders by :func:`cai.models.fingerprint`, the constitution by its
+hash). A rerun skips a stage whose options and inputs are unchanged; a stage whose options or
+inputs changed, or that depends on a stage that runs, runs again (the runners resume their own
+work). This module does not parse command lines or print: it reports through callbacks.
 """
 
 from __future__ import annotations
 
-import inspect
+import hashlib
+import importlib
 import json
 import re
-import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, ValidationError, create_model
+from pydantic import ValidationError
 
-from .errors import ConfigError, Problem
+from . import config as C
+from .errors import ConfigError, InputError, Problem
+from .stages import Progress, silent
 from .store import key, write_atomic
-from .yamlfile import Locator, load_yaml, loc_to_field
+from .yamlfile import load_yaml, loc_to_field
 
 MARKER = ".cai-stage-done"
 PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_-]+)\}")
 
+# stage -> (its config, "module:runner", whether the runner reports progress); runners are
+# imported when a stage runs
+STAGES: dict[str, tuple[type[C.Config], str, bool]] = {
+    "critiques": (C.CritiqueConfig, "cai.stages.critique:run_critiques", True),
+    "preferences": (C.PreferenceConfig, "cai.stages.preferences:run_preferences", True),
+    "compare": (C.CompareConfig, "cai.stages.compare:run_compare", True),
+    "sft": (C.SFTConfig, "cai.train.sft:train_sft", False),
+    "rm": (C.RMConfig, "cai.train.rm:train_rm", False),
+    "dpo": (C.DPOConfig, "cai.train.dpo:train_dpo", False),
+    "rloo": (C.RLOOConfig, "cai.train.rl:train_rl", False),
+    "grpo": (C.GRPOConfig, "cai.train.rl:train_rl", False),
+    "online-dpo": (C.OnlineDPOConfig, "cai.train.rl:train_rl", False),
+}
+MODEL_OPTIONS = ("model", "policy", "feedback", "judge", "baseline")
+OUTPUTS = ("out", "html")  # options a stage writes, not reads
 
-def commands() -> dict[str, Any]:
-    from .cli import evaluate as cli_eval, generate as cli_generate, train as cli_train
 
-    return {
-        "critiques": cli_generate.generate_critiques,
-        "preferences": cli_generate.generate_preferences,
-        "sft": cli_train.train_sft_cmd,
-        "rm": cli_train.train_rm_cmd,
-        "dpo": cli_train.train_dpo_cmd,
-        "rloo": cli_train.rloo_cmd,
-        "grpo": cli_train.grpo_cmd,
-        "online-dpo": cli_train.online_dpo_cmd,
-        "compare": cli_eval.eval_compare,
-    }
+def runner(stage: str) -> Callable[..., dict[str, Any]]:
+    module, name = STAGES[stage][1].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def _options_model(name: str, fn) -> type:
-    """A pydantic model of a command's options, from its signature (extra keys forbidden)."""
-    hints = typing.get_type_hints(fn, include_extras=True)
-    fields = {}
-    for pname, param in inspect.signature(fn).parameters.items():
-        hint = hints[pname]
-        base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
-        default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[pname] = (base, default)
-    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid"), **fields)
+@dataclass
+class Stage:
+    name: str
+    stage: str
+    cfg: C.Config
+    needs: list[str] = field(default_factory=list)  # earlier stages whose out it reads
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+@dataclass
+class Pipeline:
+    name: str
+    out: Path
+    stages: list[Stage]
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -96,8 +114,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Validate a pipeline; return ``{"name", "out", "stages": [(name, stage, options, out)]}``."""
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Validate a pipeline file against the stage configs; every problem at once."""
     path = Path(path)
     data, where = load_yaml(path)
     file = str(path)
@@ -105,121 +123,220 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> dict[
         raise ConfigError([Problem(file, 1, "", "a pipeline must be a YAML mapping")])
     data = apply_overrides(data, overrides or [])
     problems: list[Problem] = []
+
+    def problem(loc: tuple, msg: str) -> None:
+        problems.append(Problem(file, where.line(loc), loc_to_field(loc), msg))
+
     for k in set(data) - {"name", "out", "defaults", "stages"}:
-        problems.append(Problem(file, where.line((k,)), k, "unknown key"))
+        problem((k,), "unknown key")
     for k in ("name", "out", "stages"):
         if k not in data:
             problems.append(Problem(file, 1, k, "required key is missing"))
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
-        problems.append(Problem(file, where.line(("defaults",)), "defaults", "must be a mapping"))
+        problem(("defaults",), "must be a mapping")
         defaults = {}
-    stages = data.get("stages") or []
-    if not isinstance(stages, list) or not stages:
-        problems.append(Problem(file, where.line(("stages",)), "stages", "list at least one stage"))
-        stages = []
+    specs = data.get("stages") or []
+    if not isinstance(specs, list) or not specs:
+        problem(("stages",), "list at least one stage")
+        specs = []
     out_root = Path(str(data.get("out", "runs/pipeline")))
-    resolved, outs = [], {}
-    table = commands()
-    for i, spec in enumerate(stages):
+    stages: list[Stage] = []
+    outs: dict[str, str] = {}
+    for i, spec in enumerate(specs):
         loc = ("stages", i)
-        if not isinstance(spec, dict) or spec.get("stage") not in table:
-            problems.append(
-                Problem(
-                    file,
-                    where.line(loc),
-                    loc_to_field((*loc, "stage")),
-                    f"stage must be one of {', '.join(table)}",
-                )
-            )
+        if not isinstance(spec, dict) or spec.get("stage") not in STAGES:
+            problem((*loc, "stage"), f"stage must be one of {', '.join(STAGES)}")
             continue
-        stage = spec["stage"]
-        name = str(spec.get("name", stage))
+        kind = spec["stage"]
+        name = str(spec.get("name", kind))
         if name in outs:
-            problems.append(
-                Problem(
-                    file,
-                    where.line(loc),
-                    loc_to_field(loc),
-                    f"two stages named {name!r}: give one a `name`",
-                )
-            )
-        fn = table[stage]
-        params = inspect.signature(fn).parameters
-        opts = {k: v for k, v in defaults.items() if k in params}
+            problem(loc, f"two stages named {name!r}: give one a `name`")
+        cls = STAGES[kind][0]
+        opts = {k: v for k, v in defaults.items() if k in cls.model_fields}
         opts.update({k: v for k, v in spec.items() if k not in ("stage", "name")})
         opts.setdefault("out", str(out_root / name))
-        opts = _substitute(opts, outs, problems, file, where, loc)
-        try:
-            model = _options_model(stage, fn).model_validate(opts)
-        except ValidationError as err:
-            for e in err.errors():
-                sub = (*loc, *e["loc"])
-                msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
-                problems.append(Problem(file, where.line(sub), loc_to_field(sub), msg))
-            continue
+        needs: list[str] = []
+        for k, v in list(opts.items()):
+            opts[k], refs = substitute(v, outs)
+            for ref in refs:
+                if ref not in outs:
+                    problem((*loc, k), f"{{{ref}}} is not an earlier stage")
+                elif ref not in needs:
+                    needs.append(ref)
         outs[name] = str(opts["out"])
-        resolved.append((name, stage, model.model_dump(), Path(opts["out"])))
+        try:
+            cfg = cls(**opts)
+        except ValidationError as err:
+            for eloc, msg in C.field_messages(err):
+                problem((*loc, *eloc), msg)
+            continue
+        stages.append(Stage(name, kind, cfg, needs))
     if problems:
         raise ConfigError(problems)
-    return {"name": data["name"], "out": out_root, "stages": resolved}
+    return Pipeline(str(data["name"]), out_root, stages)
 
 
-def _substitute(opts, outs, problems, file, where: Locator, loc) -> dict[str, Any]:
-    def one(k, v):
-        if isinstance(v, list):  # a repeatable option: each item on its own
-            return [one(k, x) for x in v]
-        if not isinstance(v, str):
-            return v
-        for ref in PLACEHOLDER.findall(v):
-            if ref not in outs:
-                problems.append(
-                    Problem(
-                        file,
-                        where.line((*loc, k)),
-                        loc_to_field((*loc, k)),
-                        f"{{{ref}}} is not an earlier stage",
-                    )
-                )
-        return PLACEHOLDER.sub(lambda m: outs.get(m.group(1), m.group(0)), v)
-
-    return {k: one(k, v) for k, v in opts.items()}
+def substitute(value: Any, outs: dict[str, str]) -> tuple[Any, list[str]]:
+    """``{NAME}`` replaced by that stage's out (in each item of a list), and the names used."""
+    if isinstance(value, list):  # a repeatable option
+        done = [substitute(x, outs) for x in value]
+        return [v for v, _ in done], [r for _, refs in done for r in refs]
+    if not isinstance(value, str):
+        return value, []
+    refs = PLACEHOLDER.findall(value)
+    return PLACEHOLDER.sub(lambda m: outs.get(m.group(1), m.group(0)), value), refs
 
 
-def stage_argv(stage: str, options: dict[str, Any]) -> list[str]:
-    """The ``cai`` command line equivalent to running ``stage`` with ``options``."""
-    group = {"critiques": "generate", "preferences": "generate", "compare": "eval"}.get(
-        stage, "train"
-    )
-    args = [group, stage]
-    for k, v in options.items():
-        flag = "--" + k.replace("_", "-")
-        if isinstance(v, bool):
-            args += [flag] if v else []
-        elif isinstance(v, list):  # a repeatable option: --base-url A --base-url B
-            for item in v:
-                args += [flag, str(item)]
-        elif v is not None:
-            args += [flag, str(v)]
-    return args
+# ---------------------------------------------------------------- what a stage reads
 
 
-def run_pipeline(pipeline: dict[str, Any], echo) -> list[tuple[str, str]]:
-    """Run every stage not already done with the same options; returns (stage, status) pairs."""
-    table = commands()
-    report = []
-    for name, stage, options, out in pipeline["stages"]:
-        digest = key(stage, {k: str(v) for k, v in options.items()})
-        marker = out / MARKER
-        if marker.is_file() and json.loads(marker.read_text()).get("options") == digest:
-            echo(f"[{name}] done already ({out})")
-            report.append((name, "skipped"))
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:24]
+
+
+def _path_digest(value: str) -> str | None:
+    from .models import fingerprint
+
+    p = Path(value).expanduser()
+    if p.is_file():
+        return file_digest(p)
+    if p.is_dir():
+        return fingerprint(str(p))
+    return None
+
+
+def inputs(cfg: C.Config) -> dict[str, str]:
+    """Fingerprints of what a stage reads: every option naming a file or folder (by content, or
+    a model folder's fingerprint), the constitution (its hash, ``extends`` included), shipped
+    prompt sets and the embedded default model. Hub ids and server names are their names."""
+    from .constitution import load_constitution
+    from .inputs import resolve_prompts_path
+    from .models import default_gguf
+
+    found: dict[str, str] = {}
+    for name, value in cfg.settings().items():
+        if name in OUTPUTS or value is None:
             continue
-        echo(f"[{name}] cai {stage} -> {out}")
-        from . import cli
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if not isinstance(v, str):
+                continue
+            label = f"{name}[{i}]" if isinstance(value, list) else name
+            if name == "constitution":
+                found[label] = load_constitution(v).hash
+                continue
+            if name == "reward" and ":" in v:
+                v = v.split(":", 1)[1]
+            elif "=" in v and not Path(v).exists():  # NAME=MODEL or NAME=FILE
+                v = v.split("=", 1)[1]
+            digest = _path_digest(v)
+            if digest is None and name in MODEL_OPTIONS and v == "default":
+                digest = file_digest(default_gguf())
+            if digest is None and name == "prompts":
+                try:
+                    digest = file_digest(resolve_prompts_path(v))
+                except InputError:
+                    pass
+            if digest is not None:
+                found[label] = digest
+    return found
 
-        cli.ARGV = stage_argv(stage, options)  # what --accelerate-config relaunches
-        table[stage](**options)
-        write_atomic(marker, json.dumps({"stage": stage, "options": digest}) + "\n")
-        report.append((name, "ran"))
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class Decision:
+    stage: Stage
+    run: bool
+    why: str
+
+
+def judge(st: Stage, force: set[str], running: set[str]) -> Decision:
+    """Whether ``st`` runs, given the forced stages and those that run before it."""
+    upstream = [n for n in st.needs if n in running]
+    if st.name in force:
+        return Decision(st, True, "forced")
+    if upstream:
+        return Decision(st, True, f"{upstream[0]} runs before it")
+    return Decision(st, *stale(st))
+
+
+def decide(pipeline: Pipeline, force: list[str] | None = None) -> list[Decision]:
+    """Per stage, whether it would run and why, judged from the files as they are now; a stage
+    downstream of one that runs is marked to run, since what it reads will change."""
+    wanted = checked_force(pipeline, force)
+    running: set[str] = set()
+    out = []
+    for st in pipeline.stages:
+        d = judge(st, wanted, running)
+        if d.run:
+            running.add(st.name)
+        out.append(d)
+    return out
+
+
+def checked_force(pipeline: Pipeline, force: list[str] | None) -> set[str]:
+    names = [s.name for s in pipeline.stages]
+    for f in force or []:
+        if f not in names:
+            raise InputError(f"--force {f}: no such stage (the stages are {', '.join(names)})")
+    return set(force or [])
+
+
+def options_digest(st: Stage) -> str:
+    return key(st.stage, st.cfg.settings())
+
+
+def stale(st: Stage) -> tuple[bool, str]:
+    """Whether a stage's finished outputs are out of date, and why."""
+    marker = st.out / MARKER
+    if not marker.is_file():
+        return True, "not run yet"
+    try:
+        done = json.loads(marker.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True, "its done-marker is unreadable"
+    if done.get("options") != options_digest(st):
+        return True, "its options changed"
+    before, now = done.get("inputs") or {}, inputs(st.cfg)
+    changed = [k for k in {**before, **now} if before.get(k) != now.get(k)]
+    if changed:
+        return True, f"{changed[0]} changed since it ran"
+    return False, "done, options and inputs unchanged"
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    echo: Callable[[str], None] = lambda text: None,
+    progress: Progress = silent,
+    on_done: Callable[[Stage, dict[str, Any]], None] | None = None,
+    force: list[str] | None = None,
+) -> list[tuple[str, str]]:
+    """Run every stage that is stale; returns ``(stage, "ran" | "skipped")`` pairs.
+
+    Each stage is judged right before it would run, so it sees what earlier stages wrote.
+    """
+    wanted = checked_force(pipeline, force)
+    ran: set[str] = set()
+    report = []
+    for st in pipeline.stages:
+        if not judge(st, wanted, ran).run:
+            echo(f"[{st.name}] done already ({st.out})")
+            report.append((st.name, "skipped"))
+            continue
+        echo(f"[{st.name}] cai {st.stage} -> {st.out}")
+        read = inputs(st.cfg)
+        fn = runner(st.stage)
+        result = fn(st.cfg, progress) if STAGES[st.stage][2] else fn(st.cfg)
+        if on_done:
+            on_done(st, result)
+        marker = {"stage": st.stage, "options": options_digest(st), "inputs": read}
+        write_atomic(st.out / MARKER, json.dumps(marker) + "\n")
+        ran.add(st.name)
+        report.append((st.name, "ran"))
     return report

@@ -13,12 +13,15 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, RunLockedError
+from .errors import BackendUnavailable, InputError, Interrupted, RunLockedError
 
 
 def key(*parts: Any) -> str:
@@ -172,13 +175,71 @@ class RunDir:
         """Refuse to mix results of other settings into this directory."""
         old = (self.read_manifest() or {}).get("settings")
         if old is not None and old != settings:
-            diff = [k for k in settings if old.get(k) != settings[k]]
+            diff = [k for k in {**old, **settings} if old.get(k) != settings.get(k)]
+
+            def change(k: str) -> str:
+                was, now = json.dumps(old.get(k)), json.dumps(settings.get(k))
+                return f"{k} {was} -> {now}" if len(was) + len(now) < 80 else k
+
             raise InputError(
-                f"{self.path} holds a run with other settings ({', '.join(diff)} "
-                "differ); choose another --out or remove it"
+                f"{self.path} holds a run with other settings ({'; '.join(map(change, diff))}); "
+                "choose another --out or remove it"
             )
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_atomic(
             self.path / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
         )
+
+
+def now() -> str:
+    """The local time as manifests write it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on, for manifests."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("cai", "torch", "transformers", "trl"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    from .backends.vllm import vllm_version
+
+    if vllm_version():
+        out["vllm"] = vllm_version()
+    return out
+
+
+@contextmanager
+def tracked(run: RunDir, settings: dict[str, Any], **info: Any) -> Iterator[dict[str, Any]]:
+    """The run's manifest while a stage works in it.
+
+    Refuses a directory that holds a run of other ``settings``; writes the manifest as
+    ``running``, then ``complete`` (with what the caller added to it) when the block ends. Ctrl-C
+    and servers that stop answering end it as ``interrupted``, saying that the finished work is
+    kept and a rerun resumes.
+    """
+    run.check_settings(settings)
+    manifest = {"settings": settings, "status": "running", **info}
+    manifest.update(versions=versions(), started=now())
+    run.write_manifest(manifest)
+    try:
+        yield manifest
+    except KeyboardInterrupt:
+        run.write_manifest({**manifest, "status": "interrupted"})
+        raise Interrupted(
+            f"interrupted: finished work is kept in {run.path}; run the same command again "
+            "to resume"
+        ) from None
+    except BackendUnavailable as err:
+        run.write_manifest({**manifest, "status": "interrupted"})
+        raise BackendUnavailable(
+            f"{err}; finished work is kept in {run.path}; run the same command again when a "
+            "server is back"
+        ) from None
+    manifest.update(status="complete", finished=now())
+    run.write_manifest(manifest)

@@ -189,12 +189,18 @@ def test_show_prompt_with_model_template(cli, tiny_model):
 BAD_RUNS = {
     "unknown_model": (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     "rounds_zero": (["--rounds", "0"], "--rounds must be at least 1"),
-    "unknown_backend": (["--backend", "tpu"], "unknown backend 'tpu'"),
+    "unknown_backend": (
+        ["--backend", "tpu"],
+        "--backend must be one of auto, hf, vllm, openai (got 'tpu')",
+    ),
     "bad_constitution": (["--constitution", "BADCONS"], ":4: principles[0].compare: required key"),
     "empty_prompts": (["--prompts", "EMPTY"], "no prompts (the file is empty)"),
     "missing_prompts": (["--prompts", "/nonexistent/p.jsonl"], "file not found"),
     "model_folder_without_config": (["--model", "TMPDIR"], "has no config.json"),
-    "unknown_dtype": (["--dtype", "float8"], "--dtype 'float8': choose one of auto, float32"),
+    "unknown_dtype": (
+        ["--dtype", "float8"],
+        "--dtype must be one of auto, float32, bfloat16 (got 'float8')",
+    ),
 }
 
 

@@ -394,14 +394,13 @@ def test_base_url_with_another_backend_is_refused(cli, tiny_model, tmp_path):
 def test_multi_gpu_pipeline_fans_out_to_every_server_and_passes_the_deepspeed_config():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    from cai.pipeline import load_pipeline, stage_argv
+    from cai.pipeline import load_pipeline
 
-    pipeline = load_pipeline(ROOT / "pipelines" / "multi-gpu.yaml")
-    argv = {name: stage_argv(stage, opts) for name, stage, opts, _ in pipeline["stages"]}
+    stages = {st.name: st.cfg for st in load_pipeline(ROOT / "pipelines" / "multi-gpu.yaml").stages}
     for name in ("critiques", "preferences"):
-        assert argv[name].count("--base-url") == 4 and "openai" in argv[name]
+        assert len(stages[name].base_url) == 4 and stages[name].backend == "openai"
     for name in ("sft", "dpo"):
-        config = argv[name][argv[name].index("--accelerate-config") + 1]
+        config = str(stages[name].accelerate_config)
         assert config == "configs/accelerate/zero2.yaml"
         # accelerate's own reader sees DeepSpeed ZeRO-2: cai passes this file through unchanged
         parsed = load_config_from_file(str(ROOT / config))

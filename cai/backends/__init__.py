@@ -73,6 +73,7 @@ class Backend(Protocol):
 
 
 BACKENDS = ("auto", "hf", "vllm", "openai")
+DTYPES = ("auto", "float32", "bfloat16")  # what --dtype takes (hf and vllm)
 
 
 def pick_backend(name: str) -> str:
@@ -90,6 +91,12 @@ def pick_backend(name: str) -> str:
     import torch
 
     return "vllm" if torch.cuda.is_available() else "hf"
+
+
+def engine_record(engine: Backend) -> dict:
+    """What a manifest records about a loaded engine: name, dtype, device and its options."""
+    info = engine.info() if hasattr(engine, "info") else {}
+    return {"backend": engine.name, "dtype": getattr(engine, "dtype", None), **info}
 
 
 def make_backend(name: str, model: str, **options) -> Backend:

@@ -1,0 +1,33 @@
+"""The stages. Each turns inputs into records in a run directory and resumes what a killed run
+left; each has a runner (``run_critiques``, ``run_preferences``, ``run_compare``,
+``run_labeler``) that takes its config from :mod:`cai.config` and owns the directory's lock,
+manifest and interruption. A stage reports progress through a :class:`Reporter` and never prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Reporter(Protocol):
+    """Progress of one kind of work: ``start`` with the total, ``advance`` as calls finish."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, calls: int, tokens: int = 0) -> None: ...
+    def stop(self) -> None: ...
+
+
+Progress = Callable[[str], Reporter]  # what is being counted -> its reporter
+
+
+class Silent:
+    """A reporter that reports nothing: what a runner uses when its caller gives none."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, calls: int, tokens: int = 0) -> None: ...
+    def stop(self) -> None: ...
+
+
+def silent(what: str) -> Reporter:
+    return Silent()

@@ -67,9 +67,7 @@ def model_contestant(spec: str, served: bool = False) -> Contestant:
         resolved = ResolvedModel(spec, spec, served=True)
     else:
         resolved = resolve_model(spec)
-    return Contestant(
-        name or resolved.label, "model", resolved.path, resolved.fingerprint()
-    )
+    return Contestant(name or resolved.label, "model", resolved.path, resolved.fingerprint())
 
 
 def contestants(

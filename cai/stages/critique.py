@@ -18,21 +18,17 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ..backends import Backend, Chat, Sampling
+from ..backends import Backend, Chat, Sampling, engine_record
 from ..constitution import Constitution, CritiqueExample, Principle
 from ..errors import BackendUnavailable
 from ..inputs import PromptItem
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
+from . import Progress, Reporter, silent
 
 STAGE = "critiques"
-
-
-class Reporter(Protocol):
-    def start(self, total_calls: int) -> None: ...
-    def advance(self, calls: int, tokens: int) -> None: ...
 
 
 def _split_system(chat: Chat) -> tuple[Chat, Chat]:
@@ -109,10 +105,12 @@ class CritiqueSettings:
     rounds: int
     sampling: Sampling
     seed: int
+    model_id: str = ""  # the model's fingerprint (cai.models.fingerprint)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
+            "model_id": self.model_id,
             "rounds": self.rounds,
             "seed": self.seed,
             "sampling": self.sampling.as_dict(),
@@ -399,3 +397,80 @@ def export_sft(run: RunDir, keys: Sequence[str]) -> dict[str, Any]:
         "empty_revisions": empty_revisions,
         "principle_draws": dict(principles),
     }
+
+
+def sampling_of(cfg) -> Sampling:
+    return Sampling(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        repetition_penalty=cfg.repetition_penalty,
+    )
+
+
+def plan_critiques(cfg) -> dict[str, Any]:
+    """What ``run_critiques(cfg)`` would do, with no model loaded: the inputs checked, calls and
+    token estimates, and the settings it would record."""
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+
+    chosen, _ = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    items = load_prompts(cfg.prompts, cfg.limit)
+    return {
+        "plan": plan(cons, items, cfg.rounds, cfg.max_new_tokens),
+        "settings": {
+            "constitution": cons.info(),
+            "prompts": cfg.prompts,
+            "model": cfg.model,
+            "backend": chosen,
+            "rounds": cfg.rounds,
+            "sampling": sampling_of(cfg).as_dict(),
+            "seed": cfg.seed,
+            "out": str(cfg.out),
+        },
+        "first_prompts": {it.id: it.messages[-1][1] for it in items[:5]},
+        "more_prompts": max(0, len(items) - 5),
+    }
+
+
+def run_critiques(cfg, progress: Progress = silent) -> dict[str, Any]:
+    """The SL-CAI stage as a run: ``cfg`` is a :class:`cai.config.CritiqueConfig`. Checks every
+    input before a model loads, refuses a directory holding another run, resumes its own, and
+    keeps the manifest; returns the summary of :func:`critique_revise` (plus the load time)."""
+    from ..backends import make_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..models import resolve_for
+    from ..store import tracked
+
+    chosen, options = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    items = load_prompts(cfg.prompts, cfg.limit)
+    model = resolve_for(chosen, cfg.model)
+    settings = CritiqueSettings(
+        model=model.label,
+        model_id=model.fingerprint(),
+        rounds=cfg.rounds,
+        sampling=sampling_of(cfg),
+        seed=cfg.seed,
+    )
+    run_settings = {"stage": STAGE, **settings.as_dict(), "constitution_hash": cons.hash}
+    with RunDir(cfg.out) as run:
+        run.check_settings(run_settings)
+        t0 = time.perf_counter()
+        engine = make_backend(chosen, cfg.model, **options)
+        load_s = time.perf_counter() - t0
+        info = {"constitution": cons.info(), "prompts": cfg.prompts, "model_path": model.path}
+        with tracked(run, run_settings, **info, **engine_record(engine)) as manifest:
+            bar = progress("model calls")
+            try:
+                summary = critique_revise(cons, items, engine, run, settings, bar)
+            finally:
+                bar.stop()
+            summary["model_load_seconds"] = round(load_s, 3)
+            manifest["counts"] = summary
+            if hasattr(engine, "stats"):
+                manifest["servers"] = engine.stats()
+    return summary

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import random
-from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_for_training, load_rows, peft_config
+from . import JsonlMetrics, fit, load_for_training, load_rows, peft_config
+from .launch import launchable
 
 
 def soft_label_passes(rows: list[dict[str, Any]], epochs: int, seed: int) -> list[dict[str, Any]]:
@@ -33,12 +33,14 @@ def soft_label_passes(rows: list[dict[str, Any]], epochs: int, seed: int) -> lis
     return out
 
 
-def train_dpo(
-    data: Path, settings: TrainSettings, beta: float = 0.1, min_margin: float = 0.0
-) -> dict[str, Any]:
+@launchable
+def train_dpo(cfg) -> dict[str, Any]:
+    """``cfg`` is a :class:`cai.config.DPOConfig`; each pair is shown as labelled with
+    probability ``p_chosen``, over ``ceil(epochs)`` passes."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    data, settings, beta, min_margin = cfg.data, cfg.training(), cfg.beta, cfg.min_margin
     ds = load_rows(data)
     if not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
         raise InputError(
@@ -70,4 +72,5 @@ def train_dpo(
         "shown_swapped": swapped,
         "steps": result.global_step,
         "train_loss": result.training_loss,
+        "processes": trainer.accelerator.num_processes,
     }

@@ -248,5 +248,6 @@ def train_rl(cfg) -> dict[str, Any]:
         "prompts": len(items),
         "steps": result.global_step,
         "train_loss": result.training_loss,
+        "processes": trainer.accelerator.num_processes,
         "warnings": monitor.warnings,
     }

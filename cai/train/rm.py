@@ -93,6 +93,7 @@ def train_rm(cfg, eval_share: float = 0.1) -> dict[str, Any]:
         "rows": len(ds),
         "steps": result.global_step,
         "train_loss": result.training_loss,
+        "processes": trainer.accelerator.num_processes,
         **held,
     }
 

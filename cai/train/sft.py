@@ -8,11 +8,11 @@ which most templates (the default model's included) lack.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, TrainSettings, fit, load_for_training, load_rows, peft_config
+from . import JsonlMetrics, fit, load_for_training, load_rows, peft_config
+from .launch import launchable
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
@@ -20,9 +20,12 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": msgs[:-1], "completion": msgs[-1:]}
 
 
-def train_sft(data: Path, settings: TrainSettings) -> dict[str, Any]:
+@launchable
+def train_sft(cfg) -> dict[str, Any]:
+    """``cfg`` is a :class:`cai.config.SFTConfig`; returns rows, steps and the training loss."""
     from trl import SFTConfig, SFTTrainer
 
+    data, settings = cfg.data, cfg.training()
     ds = load_rows(data)
     if "messages" not in ds.column_names or len(ds) == 0:
         raise InputError(f"{data}: expected rows with a `messages` column (cai's sft.jsonl)")
@@ -43,4 +46,9 @@ def train_sft(data: Path, settings: TrainSettings) -> dict[str, Any]:
         callbacks=[JsonlMetrics(settings.out / "metrics.jsonl")],
     )
     result = fit(trainer, tok, settings)
-    return {"rows": len(ds), "steps": result.global_step, "train_loss": result.training_loss}
+    return {
+        "rows": len(ds),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "processes": trainer.accelerator.num_processes,
+    }

@@ -12,8 +12,7 @@ import ctypes
 import os
 
 from ...errors import InputError
-
-DTYPES = ("auto", "float32", "bfloat16")
+from .. import DTYPES
 
 
 def keep_freed_memory() -> None:

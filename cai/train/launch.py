@@ -1,0 +1,72 @@
+"""Training stages under ``accelerate launch`` (DDP, FSDP, DeepSpeed: accelerate's own config).
+
+The calling process writes the stage's config to a file and starts ``accelerate launch`` on this
+module; each launched process builds the same config and runs the same runner; the main one
+writes the result, which the caller returns. cai passes the accelerate config through unchanged
+and reimplements none of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import CaiError, InputError
+from ..store import write_atomic
+
+UNDER = "CAI_UNDER_ACCELERATE"  # set in the launched processes, so they do not launch again
+
+
+def launchable(runner: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """A training runner that, given ``cfg.accelerate_config``, runs under accelerate."""
+
+    @functools.wraps(runner)
+    def run(cfg) -> dict[str, Any]:
+        if cfg.accelerate_config is None or os.environ.get(UNDER) == "1":
+            return runner(cfg)
+        return relaunch(cfg)
+
+    return run
+
+
+def relaunch(cfg) -> dict[str, Any]:
+    """Run ``cfg``'s stage under ``accelerate launch --config_file cfg.accelerate_config``; its
+    result, or a :class:`CaiError` with the launched run's exit code."""
+    config = Path(cfg.accelerate_config)
+    if not config.is_file():
+        raise InputError(f"{config}: accelerate config file not found")
+    with tempfile.TemporaryDirectory(prefix="cai-launch-") as tmp:
+        spec, result = Path(tmp) / "stage.json", Path(tmp) / "result.json"
+        spec.write_text(json.dumps({"stage": cfg.STAGE, "config": cfg.settings()}))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        cmd += ["-m", "cai.train.launch", str(spec), str(result)]
+        code = subprocess.call(cmd, env={**os.environ, UNDER: "1"})
+        if code != 0 or not result.is_file():
+            error = CaiError(
+                f"the {cfg.STAGE} run under accelerate ({config}) failed (exit {code})"
+            )
+            error.exit_code = code or 1
+            raise error
+        return json.loads(result.read_text())
+
+
+def main(spec: str, result: str) -> None:
+    """One launched process: the stage from ``spec``; the main process writes ``result``."""
+    from ..pipeline import STAGES, runner
+
+    data = json.loads(Path(spec).read_text())
+    cfg = STAGES[data["stage"]][0](**data["config"])
+    out = runner(data["stage"])(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_atomic(Path(result), json.dumps(out, default=str))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
