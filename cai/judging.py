@@ -62,6 +62,11 @@ def refusal_prompt(judge: Backend, prompt: Chat, reply: str) -> str:
     return judge.render([{"role": "user", "content": turn}]) + render("compare_answer")
 
 
+def answer_prompt(judge: Backend, chat: Chat) -> str:
+    """The comparison ``chat`` as the judge's text, up to the option it is asked for."""
+    return judge.render(chat) + render("compare_answer")
+
+
 def cot_prompt(feedback: Backend, chat: Chat) -> str:
     """With ``cot``: the comparison, then the opening of the judge's written reasoning."""
     return feedback.render(chat) + render("compare_cot")

@@ -64,10 +64,11 @@ def fingerprint(path: str) -> str:
     return key("model", parts)
 
 
-def resolve_for(backend: str, model: str) -> ResolvedModel:
-    """The model a stage records: for ``openai`` the name the servers use, else resolved here."""
+def resolve_for(backend: str, model: str, convert: bool = True) -> ResolvedModel:
+    """The model a stage records: for ``openai`` the name the servers use, else resolved here
+    (``convert``: see :func:`resolve_model`)."""
     if backend != "openai":
-        return resolve_model(model)
+        return resolve_model(model, convert)
     if model == "default":
         raise InputError(
             "--backend openai: give --model as the servers name it (the name `vllm serve` was "
@@ -97,13 +98,16 @@ def default_gguf() -> Path:
     return path
 
 
-def resolve_model(name: str) -> ResolvedModel:
-    """Turn a model name into a loadable folder or hub id; converts GGUF files once."""
+def resolve_model(name: str, convert: bool = True) -> ResolvedModel:
+    """Turn a model name into a loadable folder or hub id; converts GGUF files once (with
+    ``convert=False`` a GGUF file's folder is named, whether or not it is there yet: converting
+    loads the weights)."""
     if name == "default":
-        return ResolvedModel(DEFAULT_LABEL, str(cached_gguf(default_gguf(), DEFAULT_LABEL)))
+        folder = cached_gguf(default_gguf(), DEFAULT_LABEL, convert)
+        return ResolvedModel(DEFAULT_LABEL, str(folder))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ResolvedModel(path.stem, str(cached_gguf(path, path.stem)))
+        return ResolvedModel(path.stem, str(cached_gguf(path, path.stem, convert)))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise InputError(f"model folder {name} has no config.json")
@@ -116,14 +120,15 @@ def resolve_model(name: str) -> ResolvedModel:
     return ResolvedModel(name, name)
 
 
-def cached_gguf(gguf: Path, label: str) -> Path:
-    """A safetensors copy of a GGUF model, made on first use (atomic, safe to race)."""
+def cached_gguf(gguf: Path, label: str, convert: bool = True) -> Path:
+    """A safetensors copy of a GGUF model, made on first use (atomic, safe to race); where it
+    is or would be, unmade, with ``convert=False``."""
     # Keyed by content (size and a hash of the first 4 MiB), not by path or time, so that a
     # reinstall of the same file, or another virtual environment, finds the same cache.
     with open(gguf, "rb") as f:
         head = hashlib.sha256(f.read(4 << 20)).hexdigest()[:12]
     target = cache_dir() / "models" / f"{label}-{gguf.stat().st_size}-{head}"
-    if (target / "model.safetensors").is_file():
+    if (target / "model.safetensors").is_file() or not convert:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -37,7 +37,7 @@ import yaml
 from pydantic import ValidationError
 
 from . import config as C
-from .errors import ConfigError, InputError, Problem
+from .errors import CaiError, ConfigError, InputError, Problem
 from .stages import Progress, silent
 from .store import key, write_atomic
 from .yamlfile import load_yaml, loc_to_field
@@ -58,12 +58,22 @@ STAGES: dict[str, tuple[type[C.Config], str, bool]] = {
     "grpo": (C.GRPOConfig, "cai.train.rl:train_rl", False),
     "online-dpo": (C.OnlineDPOConfig, "cai.train.rl:train_rl", False),
 }
+# stage -> "module:planner" of the stages that generate (what ``cai run --dry-run`` counts)
+PLANNERS = {
+    "critiques": "cai.stages.critique:plan_critiques",
+    "preferences": "cai.stages.preferences:plan_preferences",
+    "compare": "cai.stages.compare:plan_compare",
+}
 MODEL_OPTIONS = ("model", "policy", "feedback", "judge", "baseline")
 OUTPUTS = ("out", "html")  # options a stage writes, not reads
 
 
 def runner(stage: str) -> Callable[..., dict[str, Any]]:
-    module, name = STAGES[stage][1].split(":")
+    return _named(STAGES[stage][1])
+
+
+def _named(where: str) -> Callable[..., dict[str, Any]]:
+    module, name = where.split(":")
     return getattr(importlib.import_module(module), name)
 
 
@@ -254,6 +264,8 @@ class Decision:
     stage: Stage
     run: bool
     why: str
+    plan: dict[str, Any] | None = None  # a generating stage that runs: its planner's figures
+    unplanned: str = ""  # or why there are none
 
 
 def judge(st: Stage, force: set[str], running: set[str]) -> Decision:
@@ -266,18 +278,37 @@ def judge(st: Stage, force: set[str], running: set[str]) -> Decision:
     return Decision(st, *stale(st))
 
 
-def decide(pipeline: Pipeline, force: list[str] | None = None) -> list[Decision]:
+def decide(
+    pipeline: Pipeline, force: list[str] | None = None, plan: bool = False
+) -> list[Decision]:
     """Per stage, whether it would run and why, judged from the files as they are now; a stage
-    downstream of one that runs is marked to run, since what it reads will change."""
+    downstream of one that runs is marked to run, since what it reads will change. With
+    ``plan``, a generating stage that runs gets its planner's figures (``plan_critiques``, ...),
+    unless it reads the output of a stage that runs before it."""
     wanted = checked_force(pipeline, force)
     running: set[str] = set()
     out = []
     for st in pipeline.stages:
         d = judge(st, wanted, running)
+        if plan and d.run and st.stage in PLANNERS:
+            planned(d, [n for n in st.needs if n in running], pipeline)
         if d.run:
             running.add(st.name)
         out.append(d)
     return out
+
+
+def planned(d: Decision, upstream: list[str], pipeline: Pipeline) -> None:
+    """Fill in ``d.plan``, or ``d.unplanned`` with why there is none."""
+    if upstream:
+        up = next(s for s in pipeline.stages if s.name == upstream[0])
+        there = "is rewritten first" if (up.out / MARKER).is_file() else "does not exist yet"
+        d.unplanned = f"reads the output of {up.name}, which {there}"
+        return
+    try:
+        d.plan = _named(PLANNERS[d.stage.stage])(d.stage.cfg)["plan"]
+    except CaiError as err:  # the stage would fail the same way when it runs
+        d.unplanned = f"cannot plan: {err}"
 
 
 def checked_force(pipeline: Pipeline, force: list[str] | None) -> set[str]:

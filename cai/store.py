@@ -45,10 +45,11 @@ class JsonlLog:
         self.path = path
         self.recovered = 0  # bytes of a cut-short last line dropped when reading
 
-    def read(self) -> Iterator[dict[str, Any]]:
+    def read(self, repair: bool = True) -> Iterator[dict[str, Any]]:
         """Records in file order.
 
-        A broken *last* line is cut off the file; a broken inner line is an error.
+        A broken *last* line is cut off the file (only skipped with ``repair=False``, which
+        never writes); a broken inner line is an error.
         """
         if not self.path.exists():
             return
@@ -63,12 +64,13 @@ class JsonlLog:
                 continue
             try:
                 record = json.loads(raw)
-                if last:  # complete JSON but no newline: keep it, add the newline
+                if last and repair:  # complete JSON but no newline: keep it, add the newline
                     with open(self.path, "ab") as f:
                         f.write(b"\n")
             except json.JSONDecodeError:
                 if last or all(not x.strip() for x in lines[i + 1 :]):
-                    self._truncate(good_end, len(data) - good_end)
+                    if repair:
+                        self._truncate(good_end, len(data) - good_end)
                     return
                 raise InputError(f"{self.path}:{i + 1}: corrupt record (not JSON)") from None
             good_end += len(raw) + 1

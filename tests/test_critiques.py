@@ -151,7 +151,10 @@ def test_dry_run_writes_nothing(cli, tmp_path):
     assert code == 0, err
     plan = json.loads(stdout[: stdout.index("\n}\n") + 2])
     assert plan["plan"]["model_calls"] == {"response": 7, "critique": 21, "revision": 21}
-    assert plan["plan"]["prompt_tokens_estimate"] > 0
+    assert plan["plan"]["prompt_tokens"] > 0
+    # no tokenizer to count with: an estimate, and it says why
+    how = plan["plan"]["prompt_tokens_counted_with"]["no-such-model-needed"]
+    assert how.startswith("estimate: unknown model 'no-such-model-needed'")
     assert plan["settings"]["rounds"] == 3
     assert not out.exists()
 

@@ -138,6 +138,12 @@ def test_two_models_counts_symmetry_resume(cli, tiny_model, model_b, tmp_path):
     assert len(answers) == 2 * 3 and len(rows) == 3
     assert all(r["skipped"] is None for r in rows)  # two random models: different answers
     assert len(labels) == 3 * 2 * 2  # prompts x E x both orders
+    sent = res["counts"].pop("prompt_tokens_now")
+    assert sent == sum(
+        r.get("prompt_tokens") or 0
+        for f in ("answers.jsonl", "labels.jsonl", "refusals.jsonl")
+        for r in read_jsonl(out / f)
+    )
     assert res["counts"] == {
         "judgements": 12,
         "new_answers": 6,

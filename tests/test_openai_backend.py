@@ -309,6 +309,10 @@ def test_direct_generate_and_concurrency_bound(served, tiny_model):
     outs = b.generate(chats + [b.render(chats[0])], Sampling(max_new_tokens=3, n=2))
     assert [len(o) for o in outs] == [2, 2, 2, 2]
     assert all(1 <= c.tokens <= 3 for o in outs for c in o)
+    # the prompt tokens the server reports (usage), each sample of a chat alike, are what the
+    # model's own tokenizer counts
+    sent = b.count_tokens(chats + [b.render(chats[0])])
+    assert [[c.prompt_tokens for c in o] for o in outs] == [[n, n] for n in sent]
     assert max(peak) == 2
     assert b.stats() == [{"url": served.url, "ok": 8, "failed": 0}]
 

@@ -66,6 +66,9 @@ def test_tiny_model_greedy_text_and_option_logprobs_equal_hf(engines):
     got = [o[0] for o in vl.generate(chats, params)]
     assert [c.text for c in got] == [c.text for c in want]
     assert [c.tokens for c in got] == [c.tokens for c in want]
+    sent = hf.count_tokens(chats)  # the prompt tokens each engine reports sending
+    assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in want] == sent
+    assert vl.count_tokens(chats) == sent
     prompts = judge_prompts(hf, chats)
     assert [vl.render(c) for c in chats] == [hf.render(c) for c in chats]
     for choices in (OPTIONS, SHARED_START):  # one token each; a shared first token

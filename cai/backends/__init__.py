@@ -6,12 +6,13 @@ Every engine takes the whole batch in one call and schedules it itself::
     outs = backend.generate([[{"role": "user", "content": "Hi"}]], Sampling(max_new_tokens=32))
     outs[0][0].text
 
-``generate`` returns, for each chat, ``params.n`` completions. ``choice_logprobs`` returns, for
-each prompt, the log-probability of each choice string as the next tokens (one forward pass, no
-sampling) and is how preference labels are made. Heavy imports (torch, vllm) happen inside the
-engine modules, so importing this package is cheap. An engine that holds memory a later model
-needs has ``close()``. ``openai`` drives OpenAI-compatible servers
-(``vllm serve`` replicas), see :mod:`cai.backends.openai`.
+``generate`` returns, for each chat, ``params.n`` completions, each carrying the number of prompt
+tokens the engine sent for its chat. ``choice_logprobs`` returns, for each prompt, the
+log-probability of each choice string as the next tokens (one forward pass, no sampling) and is how
+preference labels are made; ``count_tokens`` says how many tokens such prompts are. Heavy imports
+(torch, vllm) happen inside the engine modules, so importing this package is cheap. An engine
+that holds memory a later model needs has ``close()``. ``openai`` drives OpenAI-compatible
+servers (``vllm serve`` replicas), see :mod:`cai.backends.openai`.
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ class Sampling:
 @dataclass(frozen=True)
 class Completion:
     text: str
-    tokens: int
+    tokens: int  # generated
     finish_reason: Literal["stop", "length"]
+    # tokens of the prompt it continues, as the engine sent it (its chat template applied): the
+    # same for every sample of one chat; None where the engine cannot tell
+    prompt_tokens: int | None = None
 
 
 class Backend(Protocol):
@@ -62,6 +66,10 @@ class Backend(Protocol):
     def choice_logprobs(
         self, prompts: Sequence[Chat | str], choices: Sequence[str]
     ) -> list[list[float]]: ...
+
+    def count_tokens(self, prompts: Sequence[Chat | str]) -> list[int]:
+        """Tokens of each prompt as this engine sends it (a chat with its template applied)."""
+        ...
 
     def splits_cleanly(self, text: str, choices: Sequence[str]) -> bool:
         """Whether every ``text + choice`` tokenizes as ``text`` followed by ``choice``."""

@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import BackendUnavailable, InputError
@@ -238,7 +239,20 @@ class OpenAIBackend:
             }
             raise
         comps = [_completion(a) for a in answers]
+        if any(c.prompt_tokens is None for c in comps):  # a server that reports no usage
+            counted = self._counted(chats)
+            comps = [
+                replace(c, prompt_tokens=counted[i // n]) if counted else c
+                for i, c in enumerate(comps)
+            ]
         return [comps[i * n : (i + 1) * n] for i in range(len(chats))]
+
+    def _counted(self, chats: Sequence[Chat | str]) -> list[int] | None:
+        """The prompts' tokens counted with the model's tokenizer, or None where it cannot load."""
+        try:
+            return self.count_tokens(chats)
+        except InputError:
+            return None
 
     # ---------------------------------------------------------------- option log-probs
 
@@ -273,6 +287,12 @@ class OpenAIBackend:
     def render(self, chat: Chat) -> str:
         tok = self._tokenizer()
         return tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, prompts: Sequence[Chat | str]) -> list[int]:
+        """Counted with the model's own tokenizer (what the servers' ``usage`` reports)."""
+        tok = self._tokenizer()
+        texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
+        return [len(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
 
     def splits_cleanly(self, text: str, choices: Sequence[str]) -> bool:
         tok = self._tokenizer()
@@ -337,7 +357,8 @@ def _completion(data: dict) -> Completion:
     if text is None:
         text = (choice.get("message") or {}).get("content") or ""
     reason = "length" if choice.get("finish_reason") == "length" else "stop"
-    return Completion(text.strip(), _usage_tokens(data), reason)
+    prompt = (data.get("usage") or {}).get("prompt_tokens")
+    return Completion(text.strip(), _usage_tokens(data), reason, prompt and int(prompt))
 
 
 def _logprobs_of(data: dict, model: str) -> dict:

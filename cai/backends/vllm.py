@@ -188,6 +188,13 @@ class VLLMBackend:
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
+    def _ids(self, prompt: Chat | str) -> list[int]:
+        """A prompt's token ids as the engine is given them (a chat rendered first)."""
+        return self._encode(prompt if isinstance(prompt, str) else self.render(prompt))
+
+    def count_tokens(self, prompts: Sequence[Chat | str]) -> list[int]:
+        return [len(self._ids(p)) for p in prompts]
+
     def splits_cleanly(self, text: str, choices: Sequence[str]) -> bool:
         """Whether every ``text + choice`` tokenizes as ``text`` then ``choice`` (no merge)."""
         base = self._encode(text)
@@ -197,10 +204,7 @@ class VLLMBackend:
         self, chats: Sequence[Chat | str], params: Sampling, progress: Progress | None = None
     ) -> list[list[Completion]]:
         sp = sampling_params(params)
-        reqs = [
-            {"prompt_token_ids": self._encode(c if isinstance(c, str) else self.render(c))}
-            for c in chats
-        ]
+        reqs = [{"prompt_token_ids": self._ids(c)} for c in chats]
         outs = self.llm.generate(reqs, sp, use_tqdm=False)
         result = [
             [
@@ -208,10 +212,11 @@ class VLLMBackend:
                     self.tok.decode(c.token_ids, skip_special_tokens=True).strip(),
                     len(c.token_ids),
                     "length" if c.finish_reason == "length" else "stop",
+                    len(req["prompt_token_ids"]),
                 )
                 for c in o.outputs
             ]
-            for o in outs
+            for req, o in zip(reqs, outs)
         ]
         if progress:
             progress(len(result), sum(c.tokens for r in result for c in r))
@@ -229,7 +234,7 @@ class VLLMBackend:
         """
         from vllm import SamplingParams
 
-        ids = [self._encode(p if isinstance(p, str) else self.render(p)) for p in prompts]
+        ids = [self._ids(p) for p in prompts]
         choice_ids = [self._encode(c) for c in choices]
         if any(not c for c in choice_ids):
             raise InputError(f"a choice in {list(choices)} encodes to no tokens")

@@ -68,6 +68,28 @@ def option_param(name: str, annotation: Any, default: Any, help: str, *flags: st
     )
 
 
+DRY_RUN = option_param(
+    "dry_run",
+    bool,
+    False,
+    "print the plan: model calls, prompt tokens, generated tokens at most, what --out already "
+    "holds; load no model, write nothing",
+    "--dry-run",
+)
+
+
+def show_plan(info: dict) -> None:
+    """A stage's plan as JSON, then its first prompts (if it lists them)."""
+    import json
+
+    first, more = info.pop("first_prompts", {}), info.pop("more_prompts", 0)
+    typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
+    for pid, text in first.items():
+        typer.echo(f"  {pid}: {text[:100]!r}")
+    if more:
+        typer.echo(f"  ... and {more} more")
+
+
 def config_params(cls: type[Config]) -> list[inspect.Parameter]:
     """The options of a stage config as typer parameters, in the order a reader wants them: the
     stage's own options first, the engine's last."""

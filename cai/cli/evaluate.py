@@ -7,7 +7,7 @@ import json
 import typer
 
 from ..config import CompareConfig, LabelerConfig
-from . import Bar, eval_app, option_param, stage_command
+from . import DRY_RUN, Bar, eval_app, option_param, show_plan, stage_command
 
 
 @stage_command(eval_app, "labeler", LabelerConfig)
@@ -21,11 +21,14 @@ def eval_labeler(cfg: LabelerConfig) -> None:
 AS_JSON = option_param("as_json", bool, False, "print compare.json, no table", "--json")
 
 
-@stage_command(eval_app, "compare", CompareConfig, AS_JSON)
-def eval_compare(cfg: CompareConfig, as_json: bool = False) -> None:
+@stage_command(eval_app, "compare", CompareConfig, AS_JSON, DRY_RUN)
+def eval_compare(cfg: CompareConfig, as_json: bool = False, dry_run: bool = False) -> None:
     """Contestants answer the prompts; the constitution judge compares every pair in both orders."""
-    from ..stages.compare import run_compare
+    from ..stages.compare import plan_compare, run_compare
 
+    if dry_run:
+        show_plan(plan_compare(cfg))
+        return
     show_compare(cfg, run_compare(cfg, Bar), as_json)
 
 

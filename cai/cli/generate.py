@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 
 from ..config import CONSTITUTION_HELP, CritiqueConfig, PreferenceConfig
 from ..errors import InputError
-from . import Bar, app, generate_app, option_param, stage_command
-
-DRY_RUN = option_param("dry_run", bool, False, "print the plan; load no model", "--dry-run")
+from . import DRY_RUN, Bar, app, generate_app, show_plan, stage_command
 
 
 @stage_command(generate_app, "critiques", CritiqueConfig, DRY_RUN)
@@ -20,13 +17,7 @@ def generate_critiques(cfg: CritiqueConfig, dry_run: bool = False) -> None:
     from ..stages.critique import plan_critiques, run_critiques
 
     if dry_run:
-        info = plan_critiques(cfg)
-        first, more = info.pop("first_prompts"), info.pop("more_prompts")
-        typer.echo(json.dumps(info, indent=2))
-        for pid, text in first.items():
-            typer.echo(f"  {pid}: {text[:100]!r}")
-        if more:
-            typer.echo(f"  ... and {more} more")
+        show_plan(plan_critiques(cfg))
         return
     show_critiques(cfg, run_critiques(cfg, Bar))
 
@@ -48,11 +39,14 @@ def show_critiques(cfg: CritiqueConfig, summary: dict) -> None:
     typer.echo(f"manifest:     {out / 'manifest.json'}")
 
 
-@stage_command(generate_app, "preferences", PreferenceConfig)
-def generate_preferences(cfg: PreferenceConfig) -> None:
+@stage_command(generate_app, "preferences", PreferenceConfig, DRY_RUN)
+def generate_preferences(cfg: PreferenceConfig, dry_run: bool = False) -> None:
     """RL-CAI: soft preference labels from option log-probs, both orders, over E principles."""
-    from ..stages.preferences import run_preferences
+    from ..stages.preferences import plan_preferences, run_preferences
 
+    if dry_run:
+        show_plan(plan_preferences(cfg))
+        return
     show_preferences(cfg, run_preferences(cfg, Bar))
 
 

@@ -41,6 +41,17 @@ def show(stage, result: dict) -> None:
     shows.get(stage.stage, show_training)(stage.cfg, result)
 
 
+def plan_line(plan: dict) -> str:
+    """A plan's figures in one line: calls left, prompt tokens, generated ceiling, calls done."""
+    done = sum(plan["calls_done"].values())
+    text = (
+        f"{plan['calls']} model calls, {plan['prompt_tokens']:,} prompt tokens, "
+        f"{plan['max_new_tokens_total']:,} generated tokens at most ({done} calls done)"
+    )
+    guessed = [m for m, how in plan["prompt_tokens_counted_with"].items() if how.startswith("est")]
+    return text + (f"; prompt tokens estimated for {', '.join(guessed)}" if guessed else "")
+
+
 @app.command("run")
 def run_pipeline_cmd(
     file: Path,
@@ -52,7 +63,12 @@ def run_pipeline_cmd(
         typer.Option(help="rerun this stage (and the stages that read it) even if it is done"),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="print, per stage, run or skip and why; run nothing")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print, per stage, run or skip and why, and what each generating stage that "
+            "runs would send (model calls, prompt tokens, generated tokens at most); run nothing",
+        ),
     ] = False,
 ) -> None:
     """Run a pipeline file's stages in order into one run directory, skipping finished ones."""
@@ -60,8 +76,10 @@ def run_pipeline_cmd(
 
     pipeline = load_pipeline(file, overrides or [])
     if dry_run:
-        for d in decide(pipeline, force):
+        for d in decide(pipeline, force, plan=True):
             typer.echo(f"{d.stage.name}: {'run' if d.run else 'skip'} ({d.why})")
+            if d.plan is not None or d.unplanned:
+                typer.echo(f"  plan: {plan_line(d.plan) if d.plan else d.unplanned}")
         return
     report = run_pipeline(pipeline, typer.echo, Bar, show, force)
     typer.echo(f"pipeline {pipeline.name}: " + ", ".join(f"{n} {s}" for n, s in report))

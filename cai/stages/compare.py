@@ -54,8 +54,9 @@ class Contestant:
     fingerprint: str = ""  # model: what its cached answers are keyed by
 
 
-def model_contestant(spec: str, served: bool = False) -> Contestant:
-    """``MODEL`` or ``NAME=MODEL``; with ``served``, MODEL is the name servers know it by."""
+def model_contestant(spec: str, served: bool = False, convert: bool = True) -> Contestant:
+    """``MODEL`` or ``NAME=MODEL``; with ``served``, MODEL is the name servers know it by
+    (``convert``: see :func:`~cai.models.resolve_model`)."""
     from ..models import ResolvedModel, resolve_model
 
     name = None
@@ -66,12 +67,16 @@ def model_contestant(spec: str, served: bool = False) -> Contestant:
     if served:
         resolved = ResolvedModel(spec, spec, served=True)
     else:
-        resolved = resolve_model(spec)
+        resolved = resolve_model(spec, convert)
     return Contestant(name or resolved.label, "model", resolved.path, resolved.fingerprint())
 
 
 def contestants(
-    models: Sequence[str], answers: Sequence[str], baseline: str, served: bool = False
+    models: Sequence[str],
+    answers: Sequence[str],
+    baseline: str,
+    served: bool = False,
+    convert: bool = True,
 ) -> list[Contestant]:
     """The baseline first, then ``--model`` and ``--answers`` contestants in the order given;
     with ``served``, model names are the servers' (the openai engine)."""
@@ -82,9 +87,10 @@ def contestants(
             raise InputError(f"--answers takes NAME=FILE (got {spec!r})")
         files.append(Contestant(name, "answers", path))
     base = next((c for c in files if c.name == baseline), None) or model_contestant(
-        baseline, served
+        baseline, served, convert
     )
-    out = [base] + [c for c in (model_contestant(m, served) for m in models) if c != base]
+    players = (model_contestant(m, served, convert) for m in models)
+    out = [base] + [c for c in players if c != base]
     out += [c for c in files if c is not base]
     names = [c.name for c in out]
     for n in names:
@@ -127,13 +133,15 @@ def model_answers(
     load,
     progress,
     release=lambda engine: None,
-) -> tuple[dict[str, dict[str, Any]], int]:
-    """One answer per prompt from model ``c`` (resumable); loads it only when answers are due,
-    and hands the engine to ``release`` when they are written."""
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """One answer per prompt from model ``c`` (resumable): the records per prompt id, and those
+    written now. Loads the model only when answers are due, and hands the engine to ``release``
+    when they are written."""
     log = run.log("answers.jsonl")
-    keys = {it.id: key("answer", c.fingerprint, sampling.as_dict(), it.messages) for it in items}
+    keys = answer_keys(c, items, sampling)
     have = {r["key"]: r for r in log.read()}
     todo = [it for it in items if keys[it.id] not in have]
+    made: list[dict[str, Any]] = []
     if todo:
         engine = load(c.source)
         bar = progress(f"answers of {c.name}", len(todo))
@@ -149,52 +157,71 @@ def model_answers(
                     "answer": o[0].text,
                     "finish_reason": o[0].finish_reason,
                     "tokens": o[0].tokens,
+                    "prompt_tokens": o[0].prompt_tokens,
                     "model": engine.model_label,
                 }
                 for it, o in zip(chunk, outs)
             ]
             log.append(recs)
+            made += recs
             have.update({r["key"]: r for r in recs})
         bar.stop()
         release(engine)
-    return {it.id: have[keys[it.id]] for it in items}, len(todo)
+    return {it.id: have[keys[it.id]] for it in items}, made
 
 
-def refusals(
-    items: Sequence[PromptItem], answers: dict[str, dict[str, str]], judge, judge_id: str, run
-) -> tuple[dict[str, dict[str, float]], int]:
-    """``{contestant: {prompt id: P(refusal)}}`` as the judge reads each answer (resumable)."""
-    log = run.log("refusals.jsonl")
-    have = {r["key"]: r["p_refusal"] for r in log.read()}
-    keyed = {
+def answer_keys(c: Contestant, items: Sequence[PromptItem], sampling: Sampling) -> dict[str, str]:
+    """Per prompt id, the key of model ``c``'s answer in ``answers.jsonl``."""
+    return {it.id: key("answer", c.fingerprint, sampling.as_dict(), it.messages) for it in items}
+
+
+def refusal_keys(
+    items: Sequence[PromptItem], answers: dict[str, dict[str, str]], judge_id: str
+) -> dict[tuple[str, str], str]:
+    """Per (contestant, prompt id), the key of the judge's refusal reading of that answer."""
+    return {
         (name, it.id): key("refusal", judge_id, it.messages, ans[it.id])
         for name, ans in answers.items()
         for it in items
     }
+
+
+def refusals(
+    items: Sequence[PromptItem], answers: dict[str, dict[str, str]], judge, judge_id: str, run
+) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """``{contestant: {prompt id: P(refusal)}}`` as the judge reads each answer (resumable), and
+    the records written now."""
+    log = run.log("refusals.jsonl")
+    have = {r["key"]: r["p_refusal"] for r in log.read()}
+    keyed = refusal_keys(items, answers, judge_id)
     chats = {it.id: it.chat for it in items}
     todo = {}
     for (name, pid), k in keyed.items():
         if k not in have and k not in todo:
             todo[k] = chats[pid], answers[name][pid]
     jobs = list(todo.items())
+    made: list[dict[str, Any]] = []
     for c0 in range(0, len(jobs), 64):
         chunk = jobs[c0 : c0 + 64]
         texts = [refusal_prompt(judge, chat, reply) for _, (chat, reply) in chunk]
+        logprobs = judge.choice_logprobs(texts, ["A", "B"])
         recs = [
             {
                 "key": k,
                 "prompt": chat,
                 "reply": reply,
                 "p_refusal": score_options(lp, "AB", None)[0],
+                "prompt_tokens": n,
             }
-            for (k, (chat, reply)), lp in zip(chunk, judge.choice_logprobs(texts, ["A", "B"]))
+            for (k, (chat, reply)), lp, n in zip(chunk, logprobs, judge.count_tokens(texts))
         ]
         log.append(recs)
+        made += recs
         have.update({r["key"]: r["p_refusal"] for r in recs})
     out: dict[str, dict[str, float]] = {}
     for (name, pid), k in keyed.items():
         out.setdefault(name, {})[pid] = have[k]
-    return out, len(jobs)
+    return out, made
 
 
 class _Lazy:
@@ -231,6 +258,10 @@ class CompareSettings:
             "constitution_hash": constitution.hash,
         }
 
+    def labelling(self) -> LabelSettings:
+        """How the judge labels a pair (the preference stage's settings)."""
+        return LabelSettings(fingerprint(self.judge), self.ensemble, self.seed)
+
 
 def compare(
     constitution: Constitution,
@@ -264,46 +295,33 @@ def compare(
             b.start(total)
         return b
 
-    texts, meta, new_answers = {}, {}, 0
+    texts, meta, answered = {}, {}, []
     for c in players:
         if c.kind == "answers":
             texts[c.name] = load_answers(Path(c.source), items)
             meta[c.name] = {"cut_at_limit": None}
             continue
-        recs, n = model_answers(c, items, run, settings.sampling, load_logged, bar, release)
-        new_answers += n
+        recs, made = model_answers(c, items, run, settings.sampling, load_logged, bar, release)
+        answered += made
         texts[c.name] = {pid: r["answer"] for pid, r in recs.items()}
         cut = sum(r["finish_reason"] == "length" for r in recs.values())
         meta[c.name] = {"cut_at_limit": round(cut / len(items), 4)}
 
     judge = _Lazy(load_logged, settings.judge)
     judge_id = fingerprint(settings.judge)
-    pairs = {}  # (i, j) -> [Pair per prompt]: players[j] first, players[i] second
-    for j in range(len(players)):
-        for i in range(j):
-            x, y = players[j].name, players[i].name
-            pairs[i, j] = [
-                Pair(
-                    f"{it.id}:{x}|{y}",
-                    key("compare", it.messages, texts[x][it.id], texts[y][it.id]),
-                    it.messages,
-                    texts[x][it.id],
-                    texts[y][it.id],
-                )
-                for it in items
-            ]
+    pairs = round_robin(players, items, texts)
     unique = list({p.key: p for ps in pairs.values() for p in ps}.values())
     before = sum(1 for r in run.log("labels.jsonl").read() if "skipped" not in r)
-    labelling = LabelSettings(judge_id, settings.ensemble, settings.seed)
     judging = bar("judgements", 0)
-    judge_pairs(constitution, unique, judge, run, labelling, judging)
+    judged = judge_pairs(constitution, unique, judge, run, settings.labelling(), judging)
     judging.stop()
     labels: dict[str, list[dict[str, Any]]] = {}
     for r in run.log("labels.jsonl").read():
         if "skipped" not in r:
             labels.setdefault(r["pair"], []).append(r)
     new_judgements = sum(len(v) for v in labels.values()) - before
-    refused, new_refusals = refusals(items, texts, judge, judge_id, run)
+    refused, checked = refusals(items, texts, judge, judge_id, run)
+    sent = sum(r["prompt_tokens"] or 0 for r in answered + checked)
 
     harm = {p.id for p in constitution.principles if HARM_TAG in p.tags}
     rows, results, by_pair = [], [], {}
@@ -360,12 +378,34 @@ def compare(
         "method": METHOD,
         "counts": {
             "judgements": sum(len(labels.get(p.key, [])) for p in unique),
-            "new_answers": new_answers,
+            "new_answers": len(answered),
             "new_judgements": new_judgements,
-            "new_refusal_checks": new_refusals,
+            "new_refusal_checks": len(checked),
             "models_loaded": loaded,
+            "prompt_tokens_now": sent + judged["judge_prompt_tokens_now"],
         },
     }
+
+
+def round_robin(
+    players: Sequence[Contestant], items: Sequence[PromptItem], texts: dict[str, dict[str, str]]
+) -> dict[tuple[int, int], list[Pair]]:
+    """``(i, j) -> [Pair per prompt]``: every two contestants, ``players[j]`` first."""
+    pairs = {}
+    for j in range(len(players)):
+        for i in range(j):
+            x, y = players[j].name, players[i].name
+            pairs[i, j] = [
+                Pair(
+                    f"{it.id}:{x}|{y}",
+                    key("compare", it.messages, texts[x][it.id], texts[y][it.id]),
+                    it.messages,
+                    texts[x][it.id],
+                    texts[y][it.id],
+                )
+                for it in items
+            ]
+    return pairs
 
 
 METHOD = {
@@ -441,6 +481,95 @@ def _contestant_row(c, items, texts, refused, meta, ratings, settings) -> dict[s
     }
 
 
+def settings_of(cfg, judge: str) -> CompareSettings:
+    """The settings of a run of ``cfg`` judged by ``judge`` (a folder, hub id or served name)."""
+    return CompareSettings(
+        judge=judge,
+        ensemble=cfg.ensemble,
+        sampling=Sampling(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
+        ),
+        seed=cfg.seed,
+        tie_margin=cfg.tie_margin,
+        resamples=cfg.resamples,
+    )
+
+
+def plan_compare(cfg) -> dict[str, Any]:
+    """What ``run_compare(cfg)`` would do, with no model loaded: the inputs checked as the run
+    checks them, what ``cfg.out`` already holds, and per step (each model's answers, the
+    judgements, the refusal checks) the calls left, their prompt tokens and the generated-token
+    ceiling. Answers not written yet are placeholders of ``max_new_tokens`` tokens."""
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..models import ResolvedModel, resolve_for
+    from .plan import Counters, Tally, check_settings, logged
+    from .preferences import tally_judgements
+
+    chosen, _ = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    items = load_prompts(cfg.prompts, cfg.limit)
+    served = chosen == "openai"
+    players = contestants(cfg.model or [], cfg.answers or [], cfg.baseline, served, False)
+    judge_model = resolve_for(chosen, cfg.judge, convert=False)
+    settings = settings_of(cfg, judge_model.path)
+    check_settings(cfg.out, settings.cache_settings(cons))
+    counters = Counters(chosen)
+    judge = counters.of(judge_model)
+    unknown = judge.placeholder(cfg.max_new_tokens)  # an answer not written yet
+    have = {r["key"]: r["answer"] for r in logged(cfg.out, "answers.jsonl")}
+    tally, texts, missing = Tally(), {}, set()
+    for c in players:
+        if c.kind == "answers":
+            texts[c.name] = load_answers(Path(c.source), items)
+            continue
+        keys = answer_keys(c, items, settings.sampling)
+        todo = [it for it in items if keys[it.id] not in have]
+        writer = counters.of(ResolvedModel(c.name, c.source, served))
+        tally.done(f"answers of {c.name}", len(items) - len(todo))
+        tally.add(f"answers of {c.name}", writer, [it.chat for it in todo], cfg.max_new_tokens)
+        texts[c.name] = {it.id: have.get(keys[it.id], unknown) for it in items}
+        missing |= {(c.name, it.id) for it in todo}
+    known, blind = {}, []
+    for (i, j), ps in round_robin(players, items, texts).items():
+        for it, pair in zip(items, ps):
+            if {(players[i].name, it.id), (players[j].name, it.id)} & missing:
+                blind.append(pair)
+            else:
+                known[pair.key] = pair
+    done = {r["key"] for r in logged(cfg.out, "labels.jsonl")}
+    labelling = settings.labelling()
+    tally_judgements(tally, judge, cons, list(known.values()), blind, labelling, done)
+    checked = {r["key"] for r in logged(cfg.out, "refusals.jsonl")}
+    keyed = refusal_keys(items, texts, fingerprint(settings.judge))
+    chats = {it.id: it.chat for it in items}
+    todo = {}  # one check per distinct answer, as the run asks; each answer not written is one
+    for (name, pid), k in keyed.items():
+        if (name, pid) in missing or k not in checked:
+            todo[(name, pid) if (name, pid) in missing else k] = chats[pid], texts[name][pid]
+    tally.done("refusal checks", len(set(keyed.values()) & checked))
+    tally.add("refusal checks", judge, [refusal_prompt(judge, c, a) for c, a in todo.values()])
+    return {
+        "plan": {
+            "prompts": len(items),
+            "contestants": [c.name for c in players],
+            **tally.figures(),
+            "prompt_tokens_counted_with": counters.how(),
+        },
+        "settings": {
+            "constitution": cons.info(),
+            "prompts": cfg.prompts,
+            "contestants": [c.__dict__ for c in players],
+            "judge": cfg.judge,
+            "backend": chosen,
+            "ensemble": cfg.ensemble,
+            "sampling": settings.sampling.as_dict(),
+            "seed": cfg.seed,
+            "out": str(cfg.out),
+        },
+    }
+
+
 def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
     """``eval compare`` as a run: ``cfg`` is a :class:`cai.config.CompareConfig`. Checks every
     input (answers files included) before a model loads, caches answers and judgements in
@@ -462,16 +591,7 @@ def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
     for c in players:
         if c.kind == "answers":
             load_answers(Path(c.source), items)  # a bad file fails before any model loads
-    settings = CompareSettings(
-        judge=resolve_for(chosen, cfg.judge).path,
-        ensemble=cfg.ensemble,
-        sampling=Sampling(
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
-        ),
-        seed=cfg.seed,
-        tie_margin=cfg.tie_margin,
-        resamples=cfg.resamples,
-    )
+    settings = settings_of(cfg, resolve_for(chosen, cfg.judge).path)
 
     with RunDir(cfg.out) as run:
         info = {

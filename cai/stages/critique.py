@@ -7,7 +7,8 @@ latest answer only (earlier rounds are not repeated: they would crowd a small mo
 
 All prompts of a step go to the backend as one call, a chunk of prompts at a time. Every model
 call's result is appended to ``steps.jsonl`` as soon as its batch finishes, and a prompt's full
-chain to ``critiques.jsonl`` when its last round is done; a rerun skips what is there. When the
+chain to ``critiques.jsonl`` when its last round is done (each call with the prompt tokens the
+engine sent); a rerun skips what is there. When the
 openai engine's servers stop answering, the calls of the batch that did finish are kept. An empty
 revision keeps the previous answer and is marked; the SFT export uses the last non-empty answer.
 """
@@ -24,6 +25,7 @@ from ..backends import Backend, Chat, Sampling, engine_record
 from ..constitution import Constitution, CritiqueExample, Principle
 from ..errors import BackendUnavailable
 from ..inputs import PromptItem
+from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
 from . import Progress, Reporter, silent
@@ -135,25 +137,6 @@ def unit_keys(prompts: Sequence[PromptItem], settings: CritiqueSettings, chash: 
     return keys
 
 
-def plan(
-    constitution: Constitution, prompts: Sequence[PromptItem], rounds: int, max_new_tokens: int
-) -> dict[str, Any]:
-    """What a run would do, with no model loaded (for ``--dry-run``). Tokens ~ characters / 4."""
-    shot = sum(len(m["content"]) for m in few_shot_turns(constitution))
-    req = max(len(p.critique) + len(p.revision) for p in constitution.principles) + 200
-    prompt_chars = sum(sum(len(c) for _, c in item.messages) for item in prompts)
-    n = len(prompts)
-    answer = max_new_tokens * 4
-    per_round = 2 * shot + 2 * (prompt_chars + n * answer) + n * (req + answer)
-    return {
-        "prompts": n,
-        "model_calls": {"response": n, "critique": n * rounds, "revision": n * rounds},
-        "total_calls": n * (1 + 2 * rounds),
-        "prompt_tokens_estimate": (prompt_chars + rounds * per_round) // 4,
-        "max_new_tokens_total": n * (1 + 2 * rounds) * max_new_tokens,
-    }
-
-
 def _step_sampling(settings: CritiqueSettings, chunk: int, step: str, rnd: int) -> Sampling:
     s = settings.sampling
     derived = int(key(settings.seed, chunk, step, rnd)[:8], 16)
@@ -171,10 +154,11 @@ def _run_step(
     steps_log,
     reporter,
     principles,
-) -> int:
+) -> list[dict]:
+    """The step's calls not made yet, as one backend call; returns their records."""
     todo = [i for i, u in enumerate(units) if (step, rnd) not in u.steps]
     if not todo:
-        return 0
+        return []
     progress = reporter.advance if reporter else None
     try:
         outs = dict(
@@ -189,7 +173,7 @@ def _run_step(
         raise
     new = _step_records(units, todo, outs, step, rnd, principles)
     steps_log.append(new)
-    return sum(r["tokens"] for r in new)
+    return new
 
 
 def _step_records(units, todo, outs, step, rnd, principles) -> list[dict]:
@@ -206,6 +190,7 @@ def _step_records(units, todo, outs, step, rnd, principles) -> list[dict]:
             "principle": principles[i].id if principles else None,
             "text": c.text,
             "tokens": c.tokens,
+            "prompt_tokens": c.prompt_tokens,
             "finish_reason": c.finish_reason,
         }
         units[i].steps[(step, rnd)] = rec
@@ -277,62 +262,25 @@ def critique_revise(
     t0 = time.perf_counter()
     keys = unit_keys(prompts, settings, constitution.hash)
     critiques, steps_log = run.log("critiques.jsonl"), run.log("steps.jsonl")
-    done = {r["key"] for r in critiques.read()}
-    pending = [Unit(item, k) for item, k in zip(prompts, keys) if k not in done]
-    wanted = {u.key: u for u in pending}
-    for rec in steps_log.read():
-        u = wanted.get(rec.get("unit"))
-        if u is not None:
-            u.steps[(rec["step"], rec["round"])] = rec
+    pending = pending_units(prompts, keys, critiques.read(), steps_log.read())
     cached_calls = sum(len(u.steps) for u in pending)
     total_calls = len(pending) * (1 + 2 * settings.rounds) - cached_calls
     if reporter:
         reporter.start(total_calls)
-    tokens = 0
+    made: list[dict] = []  # the records of the calls made now
     gen_time = 0.0
     for c0 in range(0, len(pending), backend.chunk_size):
         chunk = pending[c0 : c0 + backend.chunk_size]
         tg = time.perf_counter()
-        tokens += _run_step(
-            backend,
-            chunk,
-            "response",
-            0,
-            [u.item.chat for u in chunk],
-            settings,
-            c0,
-            steps_log,
-            reporter,
-            None,
-        )
-        for r in range(1, settings.rounds + 1):
-            principles = [constitution.draw(settings.seed, u.key, r) for u in chunk]
-            answers = [_latest(u, r) for u in chunk]
-            chats = [
-                build_chat(constitution, u.item.chat, "critique", principle=p, answer=a, round=r)
-                for u, p, a in zip(chunk, principles, answers)
-            ]
-            tokens += _run_step(
-                backend, chunk, "critique", r, chats, settings, c0, steps_log, reporter, principles
-            )
-            chats = [
-                build_chat(
-                    constitution,
-                    u.item.chat,
-                    "revision",
-                    principle=p,
-                    answer=a,
-                    critique=u.steps[("critique", r)]["text"],
-                    round=r,
-                )
-                for u, p, a in zip(chunk, principles, answers)
-            ]
-            tokens += _run_step(
-                backend, chunk, "revision", r, chats, settings, c0, steps_log, reporter, principles
+        for step, r in steps_of(settings.rounds):
+            chats, principles = step_chats(constitution, chunk, step, r, settings.seed)
+            made += _run_step(
+                backend, chunk, step, r, chats, settings, c0, steps_log, reporter, principles
             )
         gen_time += time.perf_counter() - tg
         critiques.append(_record(u, constitution, settings, backend.name) for u in chunk)
     summary = export_sft(run, keys)
+    tokens = sum(r["tokens"] for r in made)
     summary.update(
         {
             "prompts": len(prompts),
@@ -341,12 +289,56 @@ def critique_revise(
             "model_calls_now": total_calls,
             "recovered_bytes": critiques.recovered + steps_log.recovered,
             "generated_tokens_now": tokens,
+            "prompt_tokens_now": sum(r["prompt_tokens"] or 0 for r in made),
             "generation_seconds": round(gen_time, 3),
             "tokens_per_second": round(tokens / gen_time, 2) if gen_time else None,
             "stage_seconds": round(time.perf_counter() - t0, 3),
         }
     )
     return summary
+
+
+def steps_of(rounds: int) -> list[tuple[str, int]]:
+    """The model calls of one prompt, in order: ``(step, round)``."""
+    return [("response", 0)] + [(s, r) for r in range(1, rounds + 1) for s in STEPS]
+
+
+STEPS = ("critique", "revision")
+
+
+def pending_units(prompts, keys, finished, step_records) -> list[Unit]:
+    """The prompts whose chain is not in ``finished`` (critique records), with the calls of
+    theirs already in ``step_records``."""
+    done = {r["key"] for r in finished}
+    pending = [Unit(item, k) for item, k in zip(prompts, keys) if k not in done]
+    wanted = {u.key: u for u in pending}
+    for rec in step_records:
+        u = wanted.get(rec.get("unit"))
+        if u is not None:
+            u.steps[(rec["step"], rec["round"])] = rec
+    return pending
+
+
+def step_chats(
+    constitution: Constitution, units: Sequence[Unit], step: str, rnd: int, seed: int
+) -> tuple[list[Chat], list[Principle] | None]:
+    """The chats of one step for ``units`` (their earlier steps made), and the principles drawn."""
+    if step == "response":
+        return [u.item.chat for u in units], None
+    principles = [constitution.draw(seed, u.key, rnd) for u in units]
+    chats = [
+        build_chat(
+            constitution,
+            u.item.chat,
+            step,
+            principle=p,
+            answer=_latest(u, rnd),
+            critique=u.steps[("critique", rnd)]["text"] if step == "revision" else "",
+            round=rnd,
+        )
+        for u, p in zip(units, principles)
+    ]
+    return chats, principles
 
 
 def _latest(u: Unit, rnd: int) -> str:
@@ -409,17 +401,51 @@ def sampling_of(cfg) -> Sampling:
     )
 
 
+def settings_of(cfg, model: ResolvedModel) -> CritiqueSettings:
+    return CritiqueSettings(
+        model=model.label,
+        model_id=model.fingerprint(),
+        rounds=cfg.rounds,
+        sampling=sampling_of(cfg),
+        seed=cfg.seed,
+    )
+
+
 def plan_critiques(cfg) -> dict[str, Any]:
-    """What ``run_critiques(cfg)`` would do, with no model loaded: the inputs checked, calls and
-    token estimates, and the settings it would record."""
+    """What ``run_critiques(cfg)`` would do, with no model loaded: the inputs checked as the run
+    checks them, what ``cfg.out`` already holds, and per step the calls left, their prompt tokens
+    (the exact chats, counted as :mod:`cai.stages.plan` says) and the generated-token ceiling."""
     from ..constitution import load_constitution
     from ..inputs import load_prompts
+    from .plan import Counters, Tally, check_settings, logged, model_of
 
     chosen, _ = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
+    counters = Counters(chosen)
+    counter = counters(cfg.model)
+    settings = settings_of(cfg, model_of(counter, cfg.model))
+    check_settings(cfg.out, {"stage": STAGE, **settings.as_dict(), "constitution_hash": cons.hash})
+    keys = unit_keys(items, settings, cons.hash)
+    units = pending_units(
+        items, keys, logged(cfg.out, "critiques.jsonl"), logged(cfg.out, "steps.jsonl")
+    )
+    unknown = {"text": counter.placeholder(cfg.max_new_tokens)}  # an answer not written yet
+    tally = Tally()
+    for step, r in steps_of(cfg.rounds):
+        todo = [u for u in units if (step, r) not in u.steps]
+        tally.done(step, len(keys) - len(todo))
+        chats, _ = step_chats(cons, todo, step, r, cfg.seed)
+        tally.add(step, counter, chats, cfg.max_new_tokens)
+        for u in todo:
+            u.steps[(step, r)] = unknown
     return {
-        "plan": plan(cons, items, cfg.rounds, cfg.max_new_tokens),
+        "plan": {
+            "prompts": len(items),
+            "prompts_done": len(items) - len(units),
+            **tally.figures(),
+            "prompt_tokens_counted_with": counters.how(),
+        },
         "settings": {
             "constitution": cons.info(),
             "prompts": cfg.prompts,
@@ -449,13 +475,7 @@ def run_critiques(cfg, progress: Progress = silent) -> dict[str, Any]:
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
     model = resolve_for(chosen, cfg.model)
-    settings = CritiqueSettings(
-        model=model.label,
-        model_id=model.fingerprint(),
-        rounds=cfg.rounds,
-        sampling=sampling_of(cfg),
-        seed=cfg.seed,
-    )
+    settings = settings_of(cfg, model)
     run_settings = {"stage": STAGE, **settings.as_dict(), "constitution_hash": cons.hash}
     with RunDir(cfg.out) as run:
         run.check_settings(run_settings)

@@ -23,16 +23,19 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends import Backend, Chat, Sampling
-from ..constitution import Constitution
+from ..constitution import Constitution, Principle
 from ..errors import BackendUnavailable
 from ..inputs import PromptItem
-from ..judging import compare_chat, cot_answer_prompt, cot_prompt, score_options
+from ..judging import answer_prompt, compare_chat, cot_answer_prompt, cot_prompt, score_options
+from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
-from ..templates import render
 from . import Progress, silent
+
+if TYPE_CHECKING:
+    from .plan import PromptCounter, Tally
 
 STAGE = "preferences"
 ORDERS = ("AB", "BA")
@@ -97,6 +100,19 @@ def sample_pairs(
     return pairs
 
 
+@dataclass
+class Samples:
+    texts: dict[str, list[str]]  # a prompt's key -> its K answers
+    keys: list[str]  # per prompt
+    made: list[dict[str, Any]]  # the records written now
+
+
+def sample_keys(prompts: Sequence[PromptItem], model: str, sampling: Sampling, k: int) -> list[str]:
+    return [
+        key("samples", model, sampling.as_dict(), k, it.messages, n) for n, it in enumerate(prompts)
+    ]
+
+
 def policy_samples(
     prompts: Sequence[PromptItem],
     policy: Backend,
@@ -104,14 +120,12 @@ def policy_samples(
     k: int,
     sampling: Sampling,
     reporter=None,
-) -> tuple[dict[str, list[str]], list[str]]:
+) -> Samples:
     """K answers per prompt from the policy, resumable (``samples.jsonl``)."""
     log = run.log("samples.jsonl")
-    keys = [
-        key("samples", policy.model_label, sampling.as_dict(), k, it.messages, n)
-        for n, it in enumerate(prompts)
-    ]
+    keys = sample_keys(prompts, policy.model_label, sampling, k)
     have = {r["key"]: r["samples"] for r in log.read()}
+    made: list[dict[str, Any]] = []
     todo = [(it, kk) for it, kk in zip(prompts, keys) if kk not in have]
     for c0 in range(0, len(todo), policy.chunk_size):
         chunk = todo[c0 : c0 + policy.chunk_size]
@@ -132,8 +146,9 @@ def policy_samples(
             raise
         recs = _sample_records(chunk, dict(enumerate(outs)), policy.model_label)
         log.append(recs)
+        made += recs
         have.update({r["key"]: r["samples"] for r in recs})
-    return have, keys
+    return Samples(have, keys, made)
 
 
 def _sample_records(chunk, outs: dict, model: str) -> list[dict]:
@@ -145,6 +160,7 @@ def _sample_records(chunk, outs: dict, model: str) -> list[dict]:
             "model": model,
             "samples": [c.text for c in outs[pos]],
             "finish_reasons": [c.finish_reason for c in outs[pos]],
+            "prompt_tokens": outs[pos][0].prompt_tokens if outs[pos] else None,
         }
         for pos, (it, kk) in enumerate(chunk)
         if pos in outs
@@ -160,7 +176,8 @@ def judge_pairs(
     reporter=None,
     min_margin: float = 0.0,
 ) -> dict[str, Any]:
-    """Label every pair (resumable, ``labels.jsonl``); export ``preferences.jsonl``."""
+    """Label every pair (resumable, ``labels.jsonl``); export ``preferences.jsonl``. The summary
+    counts the judgements made now and their prompt tokens."""
     log = run.log("labels.jsonl")
     done = {r["key"] for r in log.read()}
     skipped = []
@@ -174,34 +191,87 @@ def judge_pairs(
                     {"key": skip_key, "pair": pair.key, "pair_id": pair.id, "skipped": reason}
                 )
             continue
-        for p in constitution.draw_many(settings.ensemble, settings.seed, pair.draw_key):
-            for order in ORDERS:
-                jk = key(pair.key, p.id, order, settings.as_dict(), constitution.hash)
-                if jk not in done:
-                    jobs.append((jk, pair, p, order))
+        jobs += [(jk, pair, p, order) for jk, p, order in judge_jobs(constitution, pair, settings)]
+    jobs = [job for job in jobs if job[0] not in done]
     log.append(skipped)
     if reporter:
         reporter.start(len(jobs))
     step = max(1, feedback.chunk_size) if jobs else 1  # nothing to judge: the judge is not touched
+    sent = 0
     for c0 in range(0, len(jobs), step):
-        log.append(_judge_chunk(constitution, jobs[c0 : c0 + step], feedback, settings, reporter))
-    return export_preferences(run, pairs, min_margin)
+        recs = _judge_chunk(constitution, jobs[c0 : c0 + step], feedback, settings, reporter)
+        log.append(recs)
+        sent += sum(r["prompt_tokens"] or 0 for r in recs)
+    summary = export_preferences(run, pairs, min_margin)
+    return {**summary, "judgements_now": len(jobs), "judge_prompt_tokens_now": sent}
+
+
+def judge_jobs(
+    constitution: Constitution, pair: Pair, settings: LabelSettings
+) -> list[tuple[str, Principle, str]]:
+    """``(key, principle, order)`` of every judgement of a pair: E principles, both orders."""
+    return [
+        (key(pair.key, p.id, order, settings.as_dict(), constitution.hash), p, order)
+        for p in constitution.draw_many(settings.ensemble, settings.seed, pair.draw_key)
+        for order in ORDERS
+    ]
+
+
+def tally_judgements(
+    tally: Tally,
+    judge: PromptCounter,
+    constitution: Constitution,
+    pairs: Sequence[Pair],
+    blind: Sequence[Pair],
+    settings: LabelSettings,
+    done: set[str],
+) -> None:
+    """For a plan: add to ``tally`` the judgements of ``pairs`` whose keys are not in ``done``,
+    and of every ``blind`` pair (its answers not written yet, so its principles not drawn yet: it
+    gets the E with the longest comparison questions), as ``judge`` counts them. With
+    ``settings.cot`` each is a reasoning call, then the scoring after reasoning of
+    ``max_new_tokens`` tokens."""
+    ps = constitution.principles
+    widest = sorted(ps, key=lambda p: -len(p.compare))[: settings.ensemble]
+    jobs = [(pair, p, order) for pair in blind for p in widest for order in ORDERS]
+    judged = 0
+    for pair in pairs:
+        for jk, p, order in [] if pair.problem() else judge_jobs(constitution, pair, settings):
+            judged += jk in done
+            jobs += [] if jk in done else [(pair, p, order)]
+    chats = [job_chat(constitution, pair, p, order) for pair, p, order in jobs]
+    if settings.cot:
+        n = settings.cot_sampling.max_new_tokens
+        texts = [cot_prompt(judge, c) for c in chats]
+        tally.done("reasoning", judged)
+        tally.add("reasoning", judge, texts, n)
+        scored = [cot_answer_prompt(t, judge.placeholder(n)) for t in texts]
+    else:
+        scored = [answer_prompt(judge, c) for c in chats]
+    tally.done("judgements", judged)
+    tally.add("judgements", judge, scored)
+
+
+def job_chat(constitution: Constitution, pair: Pair, principle: Principle, order: str) -> Chat:
+    """The comparison the judge reads, the pair's first answer as (A) in order "AB"."""
+    a, b = (pair.first, pair.second) if order == "AB" else (pair.second, pair.first)
+    return compare_chat(constitution, pair.chat, principle, a, b)
 
 
 def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings, reporter) -> list:
-    chats = []
-    for _, pair, p, order in jobs:
-        a, b = (pair.first, pair.second) if order == "AB" else (pair.second, pair.first)
-        chats.append(compare_chat(constitution, pair.chat, p, a, b))
+    chats = [job_chat(constitution, pair, p, order) for _, pair, p, order in jobs]
     reasoning: list[str | None] = [None] * len(jobs)
+    written = [0] * len(jobs)  # prompt tokens of the reasoning calls
     if settings.cot:
         texts = [cot_prompt(feedback, c) for c in chats]
         outs = feedback.generate(texts, settings.cot_sampling)
         reasoning = [o[0].text for o in outs]
+        written = [o[0].prompt_tokens or 0 for o in outs]
         prompts = [cot_answer_prompt(t, r) for t, r in zip(texts, reasoning)]
     else:
-        prompts = [feedback.render(c) + render("compare_answer") for c in chats]
+        prompts = [answer_prompt(feedback, c) for c in chats]
     logprobs = feedback.choice_logprobs(prompts, ["A", "B"])
+    sizes = feedback.count_tokens(prompts)
     odd = {i for i, t in enumerate(prompts) if not feedback.splits_cleanly(t, ["A", "B"])}
     records = []
     for i, ((jk, pair, p, order), lp, why) in enumerate(zip(jobs, logprobs, reasoning)):
@@ -223,6 +293,7 @@ def _judge_chunk(constitution, jobs, feedback: Backend, settings: LabelSettings,
                 "cot": why,
                 "flags": flags,
                 "model": feedback.model_label,
+                "prompt_tokens": written[i] + sizes[i],
             }
         )
     if reporter:
@@ -317,29 +388,16 @@ def label_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
-    """The RL-CAI stage as a run: ``cfg`` is a :class:`cai.config.PreferenceConfig`. Samples K
-    answers per prompt from the policy (or reads ``cfg.pairs``), then labels every pair;
-    checks every input before a model loads, refuses a directory holding another run, resumes
-    its own, keeps the manifest. The policy engine is closed before judging when it is not the
-    judge. Returns the summary of :func:`judge_pairs`."""
-    from ..backends import engine_record, make_backend
-    from ..constitution import load_constitution
-    from ..inputs import load_pairs, load_prompts
-    from ..models import resolve_for
-    from ..store import tracked
+def given_pairs(cfg) -> list[Pair]:
+    """The pairs of ``cfg.pairs`` (a file), the first ``cfg.limit`` of them."""
+    from ..inputs import load_pairs
 
-    chosen, options = cfg.engine()
-    cons = load_constitution(cfg.constitution)
-    items: list[PromptItem] = []
-    if cfg.pairs is not None:
-        rows = load_pairs(cfg.pairs)[: cfg.limit]
-        pairs = [Pair(i, key("pair", m, a, b), m, a, b) for i, m, a, b in rows]
-    else:
-        items = load_prompts(cfg.prompts, cfg.limit)
-    judge = resolve_for(chosen, cfg.feedback)
-    policy = None if cfg.pairs else resolve_for(chosen, cfg.policy)
-    settings = LabelSettings(
+    rows = load_pairs(cfg.pairs)[: cfg.limit]
+    return [Pair(i, key("pair", m, a, b), m, a, b) for i, m, a, b in rows]
+
+
+def label_settings(cfg, judge: ResolvedModel) -> LabelSettings:
+    return LabelSettings(
         feedback=judge.label,
         feedback_id=judge.fingerprint(),
         ensemble=cfg.ensemble,
@@ -348,43 +406,145 @@ def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
         clamp=cfg.bounds(),
         cot_sampling=Sampling(max_new_tokens=cfg.max_new_tokens),
     )
-    sampling = Sampling(
+
+
+def sampling_of(cfg) -> Sampling:
+    return Sampling(
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         seed=cfg.seed,
     )
-    run_settings = {
+
+
+def run_settings(
+    cfg, cons: Constitution, settings: LabelSettings, policy: ResolvedModel | None
+) -> dict[str, Any]:
+    """What the run directory's manifest records, and a rerun must match."""
+    return {
         "stage": STAGE,
         **settings.as_dict(),
         "constitution_hash": cons.hash,
         "policy": policy and policy.label,
         "policy_id": policy and policy.fingerprint(),
         "samples": None if cfg.pairs else cfg.samples,
-        "sampling": None if cfg.pairs else sampling.as_dict(),
+        "sampling": None if cfg.pairs else sampling_of(cfg).as_dict(),
     }
+
+
+def plan_preferences(cfg) -> dict[str, Any]:
+    """What ``run_preferences(cfg)`` would do, with no model loaded: the inputs checked as the run
+    checks them, what ``cfg.out`` already holds, and per step (policy samples, judgements) the
+    calls left, their prompt tokens and the generated-token ceiling. Answers not sampled yet are
+    placeholders of ``max_new_tokens`` tokens, judged under the E principles with the longest
+    comparison questions (their draw depends on the answers)."""
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from .plan import Counters, Tally, check_settings, logged, model_of
+
+    chosen, _ = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    counters = Counters(chosen)
+    judge = counters(cfg.feedback)
+    settings = label_settings(cfg, model_of(judge, cfg.feedback))
+    unknown = judge.placeholder(cfg.max_new_tokens)  # an answer not written yet
+    tally = Tally()
+    policy, blind, prompts = None, [], None
+    if cfg.pairs is not None:
+        pairs = given_pairs(cfg)
+    else:
+        items = load_prompts(cfg.prompts, cfg.limit)
+        prompts = len(items)
+        writer = counters(cfg.policy)
+        policy = model_of(writer, cfg.policy)
+        keys = sample_keys(items, policy.label, sampling_of(cfg), cfg.samples)
+        have = {r["key"]: r["samples"] for r in logged(cfg.out, "samples.jsonl")}
+        known = [(it, k) for it, k in zip(items, keys) if k in have]
+        todo = [(it, k) for it, k in zip(items, keys) if k not in have]
+        tally.done("samples", len(known))
+        tally.add("samples", writer, [it.chat for it, _ in todo], cfg.max_new_tokens, cfg.samples)
+        pairs = sample_pairs([it for it, _ in known], have, [k for _, k in known])
+        guess = {k: [unknown] * cfg.samples for _, k in todo}
+        blind = sample_pairs([it for it, _ in todo], guess, [k for _, k in todo])
+    check_settings(cfg.out, run_settings(cfg, cons, settings, policy))
+    done = {r["key"] for r in logged(cfg.out, "labels.jsonl")}
+    tally_judgements(tally, judge, cons, pairs, blind, settings, done)
+    return {
+        "plan": {
+            "prompts": prompts,
+            "pairs": len(pairs) + len(blind),
+            **tally.figures(),
+            "prompt_tokens_counted_with": counters.how(),
+        },
+        "settings": {
+            "constitution": cons.info(),
+            "prompts": cfg.pairs or cfg.prompts,
+            "policy": None if cfg.pairs else cfg.policy,
+            "feedback": cfg.feedback,
+            "backend": chosen,
+            "samples": None if cfg.pairs else cfg.samples,
+            "ensemble": cfg.ensemble,
+            "cot": cfg.cot,
+            "sampling": None if cfg.pairs else sampling_of(cfg).as_dict(),
+            "seed": cfg.seed,
+            "out": str(cfg.out),
+        },
+    }
+
+
+def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
+    """The RL-CAI stage as a run: ``cfg`` is a :class:`cai.config.PreferenceConfig`. Samples K
+    answers per prompt from the policy (or reads ``cfg.pairs``), then labels every pair;
+    checks every input before a model loads, refuses a directory holding another run, resumes
+    its own, keeps the manifest. The policy engine is closed before judging when it is not the
+    judge. Returns the summary of :func:`judge_pairs`, with the prompt tokens sent now."""
+    from ..backends import engine_record, make_backend
+    from ..constitution import load_constitution
+    from ..inputs import load_prompts
+    from ..models import resolve_for
+    from ..store import tracked
+
+    chosen, options = cfg.engine()
+    cons = load_constitution(cfg.constitution)
+    items: list[PromptItem] = []
+    if cfg.pairs is not None:
+        pairs = given_pairs(cfg)
+    else:
+        items = load_prompts(cfg.prompts, cfg.limit)
+    judge = resolve_for(chosen, cfg.feedback)
+    policy = None if cfg.pairs else resolve_for(chosen, cfg.policy)
+    settings = label_settings(cfg, judge)
+    sampling = sampling_of(cfg)
     with RunDir(cfg.out) as run:
-        run.check_settings(run_settings)
+        run.check_settings(run_settings(cfg, cons, settings, policy))
         judge_engine = make_backend(chosen, cfg.feedback, **options)
         info = {"constitution": cons.info(), "prompts": cfg.pairs or cfg.prompts}
-        with tracked(run, run_settings, **info, **engine_record(judge_engine)) as manifest:
+        made: list[dict[str, Any]] = []
+        with tracked(
+            run, run_settings(cfg, cons, settings, policy), **info, **engine_record(judge_engine)
+        ) as manifest:
             if policy is not None:
                 same = policy.path == judge.path
                 engine = judge_engine if same else make_backend(chosen, cfg.policy, **options)
                 bar = progress("policy samples")
                 bar.start(len(items))
                 try:
-                    answers, keys = policy_samples(items, engine, run, cfg.samples, sampling, bar)
+                    got = policy_samples(items, engine, run, cfg.samples, sampling, bar)
                 finally:
                     bar.stop()
                 if engine is not judge_engine and hasattr(engine, "close"):
                     engine.close()  # its memory goes back before the judging
-                pairs = sample_pairs(items, answers, keys)
+                pairs = sample_pairs(items, got.texts, got.keys)
+                made = got.made
             bar = progress("judgements")
             try:
                 summary = judge_pairs(cons, pairs, judge_engine, run, settings, bar, cfg.min_margin)
             finally:
                 bar.stop()
+            sampled = sum(r["prompt_tokens"] or 0 for r in made)
+            summary["samples_now"] = len(made)
+            summary["sample_prompt_tokens_now"] = sampled
+            summary["prompt_tokens_now"] = sampled + summary["judge_prompt_tokens_now"]
             manifest["counts"] = summary
             if hasattr(judge_engine, "stats"):
                 manifest["servers"] = judge_engine.stats()

@@ -130,6 +130,12 @@ class HFBackend:
         """Token ids of each text as it is (no special tokens added): a rendered chat's ids."""
         return self.tok(list(texts), add_special_tokens=False)["input_ids"]
 
+    def count_tokens(self, prompts: Sequence[Chat | str]) -> list[int]:
+        return [len(x) for x in self.encode([self._text(p) for p in prompts])]
+
+    def _text(self, prompt: Chat | str) -> str:
+        return prompt if isinstance(prompt, str) else self.render(prompt)
+
     def _cai_attention(self) -> bool:
         """Whether the model's attention is ours (``cai_cpu``), which reads ``kvcache.CachedKV``."""
         return self.model.config._attn_implementation == NAME
@@ -171,7 +177,7 @@ class HFBackend:
         self, chats: Sequence[Chat | str], params: Sampling, progress: Progress | None = None
     ) -> list[list[Completion]]:
         torch = self.torch
-        ids = self.encode([c if isinstance(c, str) else self.render(c) for c in chats])
+        ids = self.encode([self._text(c) for c in chats])
         shared = self.shared_prefix_length(ids)
         found = self._find_kept(ids, shared)
         self.reuse.rows = []  # replaced by this call's rows
@@ -387,11 +393,11 @@ class HFBackend:
             fed = gen.shape[1] - shared - width - 1  # the last token was never fed back
             self._keep(rows, shared, width, lay.mask[:, shared:], generated, ends, fed, past)
         result = []
-        for seq, end in zip(generated, ends):
+        for row, seq, end in zip(rows, generated, ends):
             kept = seq if end is None else seq[:end]
             text = self.tok.decode(kept, skip_special_tokens=True).strip()
             reason = "length" if end is None else "stop"
-            result.append(Completion(text, len(kept) + (end is not None), reason))
+            result.append(Completion(text, len(kept) + (end is not None), reason, len(row)))
         return result
 
     def _fill_reused(self, past, reuse: list[Match | None], reused, shared, held) -> None:
@@ -421,7 +427,7 @@ class HFBackend:
         When every choice is one distinct token, one forward pass per prompt reads them all;
         otherwise each (prompt, choice) is scored by teacher forcing, summing its tokens.
         """
-        texts = [p if isinstance(p, str) else self.render(p) for p in prompts]
+        texts = [self._text(p) for p in prompts]
         choice_ids = self.encode(list(choices))
         if any(not c for c in choice_ids):
             raise InputError(f"a choice in {list(choices)} encodes to no tokens")
