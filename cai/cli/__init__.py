@@ -171,8 +171,9 @@ class Bar:
         rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
         self.bar.update(self.task, advance=calls, rate=f"{rate:.1f}")
 
-    def stop(self) -> None:
+    def stop(self, failed: bool = False) -> None:
         if self.task is not None:
+            self.bar.live.transient = failed  # a failure's message stands alone
             self.bar.stop()
 
 

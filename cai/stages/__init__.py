@@ -6,7 +6,8 @@ manifest and interruption. A stage reports progress through a :class:`Reporter` 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 
@@ -15,7 +16,7 @@ class Reporter(Protocol):
 
     def start(self, total: int) -> None: ...
     def advance(self, calls: int, tokens: int = 0) -> None: ...
-    def stop(self) -> None: ...
+    def stop(self, failed: bool = False) -> None: ...
 
 
 Progress = Callable[[str], Reporter]  # what is being counted -> its reporter
@@ -26,8 +27,21 @@ class Silent:
 
     def start(self, total: int) -> None: ...
     def advance(self, calls: int, tokens: int = 0) -> None: ...
-    def stop(self) -> None: ...
+    def stop(self, failed: bool = False) -> None: ...
 
 
 def silent(what: str) -> Reporter:
     return Silent()
+
+
+@contextmanager
+def reporting(progress: Progress, what: str) -> Iterator[Reporter]:
+    """A reporter for the block, stopped at its end (``failed`` when the block raised, so that
+    a failed run's error is not buried under its progress)."""
+    bar = progress(what)
+    try:
+        yield bar
+    except BaseException:
+        bar.stop(failed=True)
+        raise
+    bar.stop()

@@ -28,7 +28,7 @@ from ..inputs import PromptItem
 from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
-from . import Progress, Reporter, silent
+from . import Progress, Reporter, reporting, silent
 
 STAGE = "critiques"
 
@@ -484,11 +484,8 @@ def run_critiques(cfg, progress: Progress = silent) -> dict[str, Any]:
         load_s = time.perf_counter() - t0
         info = {"constitution": cons.info(), "prompts": cfg.prompts, "model_path": model.path}
         with tracked(run, run_settings, **info, **engine_record(engine)) as manifest:
-            bar = progress("model calls")
-            try:
+            with reporting(progress, "model calls") as bar:
                 summary = critique_revise(cons, items, engine, run, settings, bar)
-            finally:
-                bar.stop()
             summary["model_load_seconds"] = round(load_s, 3)
             manifest["counts"] = summary
             if hasattr(engine, "stats"):

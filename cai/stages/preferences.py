@@ -32,7 +32,7 @@ from ..inputs import PromptItem
 from ..judging import answer_prompt, compare_chat, cot_answer_prompt, cot_prompt, score_options
 from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
-from . import Progress, silent
+from . import Progress, reporting, silent
 
 if TYPE_CHECKING:
     from .plan import PromptCounter, Tally
@@ -526,21 +526,15 @@ def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
             if policy is not None:
                 same = policy.path == judge.path
                 engine = judge_engine if same else make_backend(chosen, cfg.policy, **options)
-                bar = progress("policy samples")
-                bar.start(len(items))
-                try:
+                with reporting(progress, "policy samples") as bar:
+                    bar.start(len(items))
                     got = policy_samples(items, engine, run, cfg.samples, sampling, bar)
-                finally:
-                    bar.stop()
                 if engine is not judge_engine and hasattr(engine, "close"):
                     engine.close()  # its memory goes back before the judging
                 pairs = sample_pairs(items, got.texts, got.keys)
                 made = got.made
-            bar = progress("judgements")
-            try:
+            with reporting(progress, "judgements") as bar:
                 summary = judge_pairs(cons, pairs, judge_engine, run, settings, bar, cfg.min_margin)
-            finally:
-                bar.stop()
             sampled = sum(r["prompt_tokens"] or 0 for r in made)
             summary["samples_now"] = len(made)
             summary["sample_prompt_tokens_now"] = sampled
