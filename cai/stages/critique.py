@@ -28,7 +28,7 @@ from ..inputs import PromptItem
 from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
-from . import Progress, Reporter, reporting, silent
+from . import Progress, Reporter, reporting, sampling_of, silent
 
 STAGE = "critiques"
 
@@ -389,16 +389,6 @@ def export_sft(run: RunDir, keys: Sequence[str]) -> dict[str, Any]:
         "empty_revisions": empty_revisions,
         "principle_draws": dict(principles),
     }
-
-
-def sampling_of(cfg) -> Sampling:
-    return Sampling(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        seed=cfg.seed,
-        repetition_penalty=cfg.repetition_penalty,
-    )
 
 
 def settings_of(cfg, model: ResolvedModel) -> CritiqueSettings:

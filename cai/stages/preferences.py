@@ -32,7 +32,7 @@ from ..inputs import PromptItem
 from ..judging import answer_prompt, compare_chat, cot_answer_prompt, cot_prompt, score_options
 from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
-from . import Progress, reporting, silent
+from . import Progress, reporting, sampling_of, silent
 
 if TYPE_CHECKING:
     from .plan import PromptCounter, Tally
@@ -405,15 +405,6 @@ def label_settings(cfg, judge: ResolvedModel) -> LabelSettings:
         cot=cfg.cot,
         clamp=cfg.bounds(),
         cot_sampling=Sampling(max_new_tokens=cfg.max_new_tokens),
-    )
-
-
-def sampling_of(cfg) -> Sampling:
-    return Sampling(
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        seed=cfg.seed,
     )
 
 
