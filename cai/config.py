@@ -120,6 +120,11 @@ class EngineOptions(Config):
             raise FieldProblem(given[0], f"is for backend vllm (the backend is {backend})")
         return self
 
+    def work(self) -> str:
+        """What the engine mostly does here: ``generate`` text or ``score`` options (what
+        ``--backend auto`` decides by)."""
+        return "generate"
+
     def vllm_given(self) -> list[str]:
         """The vllm-only options set to other than their defaults."""
         return [
@@ -138,7 +143,7 @@ class EngineOptions(Config):
         ``make_backend`` for it."""
         from .backends import pick_backend
 
-        chosen = pick_backend(getattr(self, self.BACKEND_FIELD))
+        chosen = pick_backend(getattr(self, self.BACKEND_FIELD), self.work())
         options: dict[str, Any] = {}
         if getattr(self, "chunk_size", None):
             options["chunk_size"] = self.chunk_size
@@ -267,6 +272,9 @@ class PreferenceConfig(BatchedEngine):
             clamp_bounds(v)
         return v
 
+    def work(self) -> str:
+        return "score" if self.pairs is not None and not self.cot else "generate"
+
     def bounds(self) -> tuple[float, float] | None:
         """The clamp as numbers; 0.4-0.6 by default with chain of thought."""
         return clamp_bounds(self.clamp) if self.clamp else ((0.4, 0.6) if self.cot else None)
@@ -314,6 +322,9 @@ class LabelerConfig(Engine):
     constitution: str = option("harmless", CONSTITUTION_HELP)
     limit: Optional[int] = option(None, "only the first N items", ge=1)
     out: Optional[Path] = option(None, "also write the result, item by item, as JSON here")
+
+    def work(self) -> str:
+        return "score"
 
 
 # ---------------------------------------------------------------- training
@@ -419,6 +430,9 @@ class RLConfig(LoraTrain, EngineOptions):
     @classmethod
     def _backend(cls, v: str) -> str:
         return one_of(v, BACKENDS)
+
+    def work(self) -> str:
+        return "score"  # the judge compares completions; the policy is TRL's
 
 
 class RLOOConfig(RLConfig):

