@@ -339,3 +339,19 @@ def test_sigkill_then_rerun_on_vllm_makes_no_call_twice(vllm_tiny_model, tmp_pat
     assert len({s["key"] for s in calls}) == len(calls) == 8 * 5  # no call made twice
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["model_calls_now"] == 8 * 5 - killed_at
+
+
+def test_auto_takes_the_engine_the_bench_measured_faster_for_the_work():
+    """With vLLM installed and no GPU: on a CPU without native bfloat16 the stages that generate
+    run on vLLM and those that only score options on hf; with native bfloat16, hf for all."""
+    from cai.backends.hf.cpu import cpu_has_bf16
+    from cai.config import CritiqueConfig, LabelerConfig, PreferenceConfig, RLOOConfig
+
+    generating = "hf" if cpu_has_bf16() else "vllm"
+    assert CritiqueConfig().engine()[0] == generating
+    assert PreferenceConfig().engine()[0] == generating
+    assert PreferenceConfig(pairs="p.jsonl", cot=True).engine()[0] == generating
+    assert PreferenceConfig(pairs="p.jsonl").engine()[0] == "hf"
+    assert LabelerConfig(data="d.jsonl").engine()[0] == "hf"
+    judge = RLOOConfig(prompts="p", reward="constitution:harmless", out="o", judge_backend="auto")
+    assert judge.engine()[0] == "hf"
