@@ -102,6 +102,11 @@ def test_policy_training_with_a_reward_model(cli, tiny_model, reward_model, tmp_
     assert len(monitor) == 2
     assert all(r["monitor"]["kl"] is not None and r["monitor"]["mean_length"] <= 8 for r in monitor)
     assert all(r["monitor"]["refusal_share"] in (0.0, 0.5, 1.0) for r in monitor)  # 2 completions
+    from cai.models import fingerprint
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reward_model_id"] == fingerprint(str(reward_model))
+    assert manifest["model_id"] == fingerprint(tiny_model)
 
 
 def test_grpo_with_the_constitution_as_reward(cli, tiny_model, tmp_path):
@@ -134,6 +139,12 @@ def test_grpo_with_the_constitution_as_reward(cli, tiny_model, tmp_path):
     assert logged and 0.0 <= logged[0]["rewards/constitution/mean"] <= 1.0
     result = json.loads(next(x for x in stdout.splitlines() if x.startswith('{"prompts"')))
     assert result["steps"] == 1
+    from cai.constitution import load_constitution
+    from cai.models import fingerprint
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["judge_id"] == fingerprint(tiny_model)
+    assert manifest["constitution_hash"] == load_constitution("harmless").hash
 
 
 def test_bad_reward_spec(cli, tiny_model, tmp_path):

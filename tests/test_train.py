@@ -92,6 +92,12 @@ def test_train_sft_changes_weights_and_loads(cli, tiny_model, tmp_path):
     before, after = weights(tiny_model, AutoModelForCausalLM), weights(out, AutoModelForCausalLM)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert [m["step"] for m in read_jsonl(out / "metrics.jsonl") if "loss" in m] == [1, 2]
+    # the run says what it trained, by identity: the base model's fingerprint, not its name
+    from cai.models import fingerprint
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "sft" and manifest["model_id"] == fingerprint(tiny_model)
+    assert manifest["settings"]["max_steps"] == 2 and manifest["result"]["steps"] == 2
 
 
 def test_sft_loss_is_on_the_answer_only(tiny_model, tmp_path):

@@ -1,9 +1,11 @@
-"""Training stages under ``accelerate launch`` (DDP, FSDP, DeepSpeed: accelerate's own config).
+"""Training stages as runs: under ``accelerate launch`` when asked, and recorded in a manifest.
 
-The calling process writes the stage's config to a file and starts ``accelerate launch`` on this
-module; each launched process builds the same config and runs the same runner; the main one
-writes the result, which the caller returns. cai passes the accelerate config through unchanged
-and reimplements none of it.
+Under accelerate, the calling process writes the stage's config to a file and starts
+``accelerate launch`` on this module; each launched process builds the same config and runs the
+same runner; the main one writes the result, which the caller returns. cai passes the accelerate
+config through unchanged and reimplements none of it. Either way the caller writes
+``OUT/manifest.json``: settings, versions, the result, and what the run learned from by identity
+(model fingerprints, the constitution's hash).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CaiError, InputError
-from ..store import write_atomic
+from ..store import now, versions, write_atomic
 
 UNDER = "CAI_UNDER_ACCELERATE"  # set in the launched processes, so they do not launch again
 
@@ -29,11 +31,32 @@ def launchable(runner: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[
 
     @functools.wraps(runner)
     def run(cfg) -> dict[str, Any]:
-        if cfg.accelerate_config is None or os.environ.get(UNDER) == "1":
+        if os.environ.get(UNDER) == "1":  # a launched process; the caller records the run
             return runner(cfg)
-        return relaunch(cfg)
+        learns_from, started = identity(cfg), now()
+        result = runner(cfg) if cfg.accelerate_config is None else relaunch(cfg)
+        manifest = {"stage": cfg.STAGE, "settings": cfg.settings(), **learns_from}
+        manifest.update(versions=versions(), started=started, finished=now(), result=result)
+        write_atomic(Path(cfg.out) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        return result
 
     return run
+
+
+def identity(cfg) -> dict[str, Any]:
+    """What a training run learns from, by identity rather than by name: the base model's
+    fingerprint, and for RL the reward model's, or the judge's and the constitution's hash."""
+    from ..constitution import load_constitution
+    from ..models import fingerprint, resolve_for, resolve_model
+
+    out = {"model": cfg.model, "model_id": resolve_model(cfg.model).fingerprint()}
+    kind, _, ref = (getattr(cfg, "reward", None) or "").partition(":")
+    if kind == "rm":
+        out["reward_model_id"] = fingerprint(ref)
+    elif kind == "constitution":
+        judge = resolve_for(cfg.engine()[0], cfg.judge)
+        out.update(constitution_hash=load_constitution(ref).hash, judge_id=judge.fingerprint())
+    return out
 
 
 def relaunch(cfg) -> dict[str, Any]:
