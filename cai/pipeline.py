@@ -267,6 +267,7 @@ class Decision:
     why: str
     plan: dict[str, Any] | None = None  # a generating stage that runs: its planner's figures
     unplanned: str = ""  # or why there are none
+    inputs: dict[str, str] | None = None  # what it reads, when judging it fingerprinted that
 
 
 def judge(st: Stage, force: set[str], running: set[str]) -> Decision:
@@ -276,7 +277,7 @@ def judge(st: Stage, force: set[str], running: set[str]) -> Decision:
         return Decision(st, True, "forced")
     if upstream:
         return Decision(st, True, f"{upstream[0]} runs before it")
-    return Decision(st, *stale(st))
+    return stale(st)
 
 
 def decide(
@@ -324,22 +325,22 @@ def options_digest(st: Stage) -> str:
     return key(st.stage, st.cfg.settings())
 
 
-def stale(st: Stage) -> tuple[bool, str]:
+def stale(st: Stage) -> Decision:
     """Whether a stage's finished outputs are out of date, and why."""
     marker = st.out / MARKER
     if not marker.is_file():
-        return True, "not run yet"
+        return Decision(st, True, "not run yet")
     try:
         done = json.loads(marker.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return True, "its done-marker is unreadable"
+        return Decision(st, True, "its done-marker is unreadable")
     if done.get("options") != options_digest(st):
-        return True, "its options changed"
+        return Decision(st, True, "its options changed")
     before, now = done.get("inputs") or {}, inputs(st.cfg)
     changed = [k for k in {**before, **now} if before.get(k) != now.get(k)]
     if changed:
-        return True, f"{changed[0]} changed since it ran"
-    return False, "done, options and inputs unchanged"
+        return Decision(st, True, f"{changed[0]} changed since it ran", inputs=now)
+    return Decision(st, False, "done, options and inputs unchanged", inputs=now)
 
 
 def run_pipeline(
@@ -357,12 +358,13 @@ def run_pipeline(
     ran: set[str] = set()
     report = []
     for st in pipeline.stages:
-        if not judge(st, wanted, ran).run:
+        d = judge(st, wanted, ran)
+        if not d.run:
             echo(f"[{st.name}] done already ({st.out})")
             report.append((st.name, "skipped"))
             continue
         echo(f"[{st.name}] cai {st.stage} -> {st.out}")
-        read = inputs(st.cfg)
+        read = d.inputs if d.inputs is not None else inputs(st.cfg)
         fn = runner(st.stage)
         result = fn(st.cfg, progress) if STAGES[st.stage][2] else fn(st.cfg)
         if on_done:
