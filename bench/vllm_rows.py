@@ -147,6 +147,30 @@ def stage_row(hf: dict, vl: dict, engine, starts: dict, args) -> dict:
     return row
 
 
+class InsideCalls:
+    """``engine.llm.generate`` timed while a side runs: the seconds inside vLLM's call per
+    repeat, so that cai's own time around it is measured within the same repeat (the machine's
+    drift between turns cancels out of that share)."""
+
+    def __init__(self, engine, fn: Callable):
+        self.engine, self.fn, self.seconds = engine, fn, []
+
+    def __call__(self):
+        real, spent = self.engine.llm.generate, []
+
+        def call(*a, **kw):
+            out, s = timed(lambda: real(*a, **kw))
+            spent.append(s)
+            return out
+
+        self.engine.llm.generate = call
+        try:
+            return self.fn()
+        finally:
+            del self.engine.llm.generate  # the instance attribute: the method shows again
+            self.seconds.append(sum(spent))
+
+
 def alternate(sides: dict[str, Callable], repeats: int) -> dict[str, tuple[list[float], object]]:
     """Each side once as a warm-up, then the sides in turn (the order flipped every repeat):
     per side, the seconds of each repeat and the last result."""
@@ -161,9 +185,12 @@ def alternate(sides: dict[str, Callable], repeats: int) -> dict[str, tuple[list[
     return {name: (seconds[name], results[name]) for name in sides}
 
 
-def overhead_row(name: str, runs: dict, **extra) -> dict:
-    """Ours against the direct call, median seconds of each."""
+def overhead_row(name: str, runs: dict, inside: InsideCalls, **extra) -> dict:
+    """Ours against the direct call, median seconds of each; and, within ours, the time outside
+    vLLM's call as a share of the time inside it (median over the timed repeats)."""
     o, d = (statistics.median(runs[side][0]) for side in ("ours", "direct"))
+    spent = inside.seconds[1:]  # the warm-up first
+    outside = [(t - i) / i for t, i in zip(runs["ours"][0], spent)]
     return {
         "name": name,
         "ours": round(o, 3),
@@ -171,6 +198,8 @@ def overhead_row(name: str, runs: dict, **extra) -> dict:
         "ratio": round(o / d, 3),
         "unit": f"{OVERHEAD} (cai's vllm engine / vLLM's LLM.generate on the same token ids)",
         "seconds": {side: [round(s, 3) for s in runs[side][0]] for side in ("ours", "direct")},
+        "ours_inside_llm_generate": [round(s, 3) for s in spent],
+        "ours_outside_share": round(statistics.median(outside), 4),
         **extra,
     }
 
@@ -188,15 +217,18 @@ def generate_overhead(engine, requests: list, stage_tokens: int, repeats: int) -
         outs = [engine.generate(chats, params) for chats, params in requests]
         return sum(c.tokens for out in outs for comps in out for c in comps)
 
+    inside = InsideCalls(engine, ours)
+
     def direct() -> int:
         outs = [engine.llm.generate(reqs, sp, use_tqdm=False) for reqs, sp in direct_requests]
         return sum(len(c.token_ids) for out in outs for o in out for c in o.outputs)
 
-    runs = alternate({"ours": ours, "direct": direct}, repeats)
+    runs = alternate({"ours": inside, "direct": direct}, repeats)
     tokens = {side: runs[side][1] for side in runs}
     return overhead_row(
         "vllm_critique_overhead",
         runs,
+        inside,
         calls=len(requests),
         requests=sum(len(chats) for chats, _ in requests),
         generated_tokens={**tokens, "stage": stage_tokens},
@@ -239,13 +271,13 @@ def labels_overhead(engine, prompts: list[str], repeats: int) -> dict:
         tops = [o.outputs[0].logprobs[0] for o in outs]
         return [[top[t].logprob if t in top else None for t in options] for top in tops]
 
-    runs = alternate(
-        {"ours": lambda: engine.choice_logprobs(prompts, CHOICES), "direct": direct}, repeats
-    )
+    inside = InsideCalls(engine, lambda: engine.choice_logprobs(prompts, CHOICES))
+    runs = alternate({"ours": inside, "direct": direct}, repeats)
     pairs = [(a, b) for r, s in zip(runs["ours"][1], runs["direct"][1]) for a, b in zip(r, s)]
     return overhead_row(
         "vllm_labels_overhead",
         runs,
+        inside,
         judgements=len(prompts),
         options_not_in_top_logprobs=sum(b is None for _, b in pairs),
         max_abs_logprob_difference=max(
