@@ -7,7 +7,9 @@ and line it comes from, so a user fixes them all at once.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class CaiError(Exception):
@@ -70,3 +72,34 @@ class BackendUnavailable(CaiError):
     def __init__(self, message: str, done: dict | None = None):
         super().__init__(message)
         self.done = done or {}
+
+
+class StorageError(CaiError):
+    """A file could not be written: the disk is full, or the run directory is read-only (exit
+    code 3). Finished work is kept; free some space or restore write access, and the same
+    command resumes."""
+
+    exit_code = 3
+
+    # errno -> (what happened, what to do), in plain words
+    REASONS = {
+        errno.ENOSPC: ("no space left on device", "free some space"),
+        errno.EDQUOT: ("disk quota exceeded", "free some space"),
+        errno.EROFS: ("read-only file system", "make it writable"),
+        errno.EACCES: ("permission denied", "restore write access"),
+        errno.EPERM: ("operation not permitted", "restore write access"),
+    }
+
+    @classmethod
+    def of(cls, err: OSError, kept_in: str | Path | None = None) -> StorageError | None:
+        """The one-line error for ``err``, or None when it is not about storage.
+
+        >>> str(StorageError.of(OSError(errno.ENOSPC, "", "r/a.jsonl")))
+        'r/a.jsonl: no space left on device; free some space and run the same command again'
+        """
+        if err.errno not in cls.REASONS:
+            return None
+        reason, advice = cls.REASONS[err.errno]
+        where = f"{err.filename}: " if err.filename is not None else ""
+        kept = f"finished work is kept in {kept_in}; " if kept_in is not None else ""
+        return cls(f"{where}{reason}; {kept}{advice} and run the same command again")

@@ -3,8 +3,10 @@
 A unit of work is keyed by a hash of what determines its result (:func:`key`). Records are
 appended and flushed (and fsynced) as they finish, so a killed run loses at most the batch in
 flight; a rerun reads the keys already present and skips them. A last line cut short by a kill is
-dropped on reading (and cut from the file), not fatal. Final exports go through
-:func:`write_atomic`. One process at a time: :class:`RunDir` holds an exclusive ``flock``.
+dropped on reading (and cut from the file), not fatal; an append that fails (a full disk) cuts
+what it wrote. Final exports go through :func:`write_atomic`. One process at a time:
+:class:`RunDir` holds an exclusive ``flock``. A full disk or a read-only directory ends a
+:func:`tracked` block with a :class:`~cai.errors.StorageError` naming the file.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailable, InputError, Interrupted, RunLockedError
+from .errors import BackendUnavailable, InputError, Interrupted, RunLockedError, StorageError
 
 
 def key(*parts: Any) -> str:
@@ -82,20 +84,50 @@ class JsonlLog:
         self.recovered += dropped
 
     def append(self, records: Iterable[dict[str, Any]]) -> int:
+        """Append whole lines, synced. A write that fails (a full disk) is cut off the file
+        again; Ctrl-C keeps the lines if they were all written."""
         lines = "".join(dumps(r) + "\n" for r in records)
         if not lines:
             return 0
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        data = memoryview(lines.encode("utf-8"))
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise _naming(err, self.path) from None
+        try:
+            size, written = os.fstat(fd).st_size, 0
+            try:
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            except BaseException as err:
+                if isinstance(err, OSError) or written < len(data):
+                    try:
+                        os.ftruncate(fd, size)  # needs no free space
+                    except OSError:
+                        pass  # a file system gone read-only: reading drops a cut last line
+                if isinstance(err, OSError):
+                    raise _naming(err, self.path) from None
+                raise
+        finally:
+            os.close(fd)
         return lines.count("\n")
 
 
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path`` as the file it is about (a failed ``write`` names none)."""
+    err.filename, err.filename2 = str(path), None
+    return err
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Write ``text`` to ``path`` via a temporary file and a rename; on failure ``path`` is as
+    it was and the temporary file is gone (an ``OSError`` names ``path``)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP, dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -103,9 +135,17 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # a directory made read-only: RunDir removes it on the next run
+        if isinstance(err, OSError):
+            raise _naming(err, path) from None
         raise
+
+
+TMP = ".cai-tmp"  # the suffix of write_atomic's temporary files
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
@@ -140,11 +180,24 @@ class RunDir:
                 f"{self.path}: another cai run is writing here (pid {holder}); "
                 "wait for it to finish or choose another --out"
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+        except OSError as err:
+            try:
+                f.close()  # flushes again, fails again, and closes
+            except OSError:
+                pass
+            self._remove_if_new_and_empty()
+            raise _naming(err, self.path / self.LOCK) from None
         self._lock_file = f
+        for left in self.path.glob(f".*{TMP}"):  # of a write_atomic that could not clean up
+            try:
+                left.unlink()
+            except OSError:
+                pass
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -152,14 +205,17 @@ class RunDir:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
-        # A run that failed before writing anything leaves no directory behind.
-        if (
-            exc_type is not None
-            and self._created
-            and {p.name for p in self.path.iterdir()} <= {self.LOCK}
-        ):
-            (self.path / self.LOCK).unlink(missing_ok=True)
-            self.path.rmdir()
+        if exc_type is not None:
+            self._remove_if_new_and_empty()
+
+    def _remove_if_new_and_empty(self) -> None:
+        """A run that failed before writing anything leaves no directory behind."""
+        try:
+            if self._created and {p.name for p in self.path.iterdir()} <= {self.LOCK}:
+                (self.path / self.LOCK).unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError:  # a directory gone read-only: the error in flight says why
+            pass
 
     def log(self, name: str) -> JsonlLog:
         return JsonlLog(self.path / name)
@@ -223,25 +279,41 @@ def tracked(run: RunDir, settings: dict[str, Any], **info: Any) -> Iterator[dict
     Refuses a directory that holds a run of other ``settings``; writes the manifest as
     ``running``, then ``complete`` (with what the caller added to it) when the block ends. Ctrl-C
     and servers that stop answering end it as ``interrupted``, saying that the finished work is
-    kept and a rerun resumes.
+    kept and a rerun resumes. A full disk or a read-only directory ends it the same way, as a
+    :class:`~cai.errors.StorageError` naming the file that could not be written.
     """
     run.check_settings(settings)
     manifest = {"settings": settings, "status": "running", **info}
     manifest.update(versions=versions(), started=now())
-    run.write_manifest(manifest)
     try:
+        run.write_manifest(manifest)
         yield manifest
+        manifest.update(status="complete", finished=now())
+        run.write_manifest(manifest)
     except KeyboardInterrupt:
-        run.write_manifest({**manifest, "status": "interrupted"})
+        _mark_interrupted(run, manifest)
         raise Interrupted(
             f"interrupted: finished work is kept in {run.path}; run the same command again "
             "to resume"
         ) from None
     except BackendUnavailable as err:
-        run.write_manifest({**manifest, "status": "interrupted"})
+        _mark_interrupted(run, manifest)
         raise BackendUnavailable(
             f"{err}; finished work is kept in {run.path}; run the same command again when a "
             "server is back"
         ) from None
-    manifest.update(status="complete", finished=now())
-    run.write_manifest(manifest)
+    except OSError as err:
+        stored = StorageError.of(err, run.path)
+        if stored is None:
+            raise
+        _mark_interrupted(run, manifest)
+        raise stored from None
+
+
+def _mark_interrupted(run: RunDir, manifest: dict[str, Any]) -> None:
+    """Say so in the manifest if the disk lets us; the error that stopped the run is the news."""
+    manifest.pop("finished", None)
+    try:
+        run.write_manifest({**manifest, "status": "interrupted"})
+    except OSError:
+        pass

@@ -18,7 +18,7 @@ import typer
 from pydantic_core import PydanticUndefined
 
 from ..config import Config, build
-from ..errors import CaiError, ConfigError, Interrupted
+from ..errors import CaiError, ConfigError, Interrupted, StorageError
 
 app = typer.Typer(
     add_completion=False,
@@ -191,6 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     except CaiError as error:
         err(f"error: {error}")
         sys.exit(error.exit_code)
+    except OSError as error:  # a full disk or a read-only directory outside a tracked run
+        stored = StorageError.of(error)
+        if stored is None:
+            raise
+        err(f"error: {stored}")
+        sys.exit(stored.exit_code)
     except KeyboardInterrupt:
         err("interrupted")
         sys.exit(130)
