@@ -200,6 +200,25 @@ class BatchedEngine(Engine):
     )
 
 
+LONG_PROMPTS = ("refuse", "truncate-left")
+
+
+class LongPrompts(Config):
+    """A stage that sends the user's prompts to a model: what to do with one too long for it."""
+
+    long_prompts: str = option(
+        "refuse",
+        "a prompt that, with what its stage adds and generates, is longer than the model's "
+        "context: refuse (exit 2 before any work, naming it) | truncate-left (cut the user's "
+        "text from the left until it fits; the manifest lists what was cut)",
+    )
+
+    @field_validator("long_prompts")
+    @classmethod
+    def _long_prompts(cls, v: str) -> str:
+        return one_of(v, LONG_PROMPTS)
+
+
 MODEL_HELP = "default | a model folder | a .gguf file | org/name"
 PROMPTS_HELP = ".jsonl/.csv/.parquet/.txt, or red-team | helpful"
 CONSTITUTION_HELP = "constitution YAML, or a shipped name: harmless, helpful-harmless, ..."
@@ -208,7 +227,7 @@ CONSTITUTION_HELP = "constitution YAML, or a shipped name: harmless, helpful-har
 # ---------------------------------------------------------------- generating stages
 
 
-class CritiqueConfig(BatchedEngine):
+class CritiqueConfig(LongPrompts, BatchedEngine):
     """``cai generate critiques``: SL-CAI, answer then critique and revise for N rounds."""
 
     constitution: str = option("harmless", CONSTITUTION_HELP)
@@ -229,7 +248,7 @@ class CritiqueConfig(BatchedEngine):
     )
 
 
-class PreferenceConfig(BatchedEngine):
+class PreferenceConfig(LongPrompts, BatchedEngine):
     """``cai generate preferences``: RL-CAI soft labels from option log-probs."""
 
     constitution: str = option("harmless", CONSTITUTION_HELP)
@@ -290,7 +309,7 @@ def clamp_bounds(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-class CompareConfig(BatchedEngine):
+class CompareConfig(LongPrompts, BatchedEngine):
     """``cai eval compare``: contestants answer; the constitution judge compares every pair."""
 
     baseline: str = option(..., "the model (or --answers NAME) to compare against")

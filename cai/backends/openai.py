@@ -86,6 +86,30 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=self.workers + len(base_urls)),
         )
         self._tok = None
+        self._context: tuple[int | None] | None = None  # (figure,) once asked
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's ``max_model_len`` as the servers' ``/v1/models`` lists it (vLLM's servers
+        do), the smallest where they differ; None when no server reports one. Asked once."""
+        if self._context is None:
+            found = [n for ep in self.pool.endpoints if (n := self._served_length(ep.url))]
+            self._context = (min(found) if found else None,)
+        return self._context[0]
+
+    def _served_length(self, url: str) -> int | None:
+        import httpx
+
+        try:
+            r = self.client.get(url + "/models", timeout=5.0)
+            listed = r.json().get("data") if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        for entry in listed if isinstance(listed, list) else []:
+            if isinstance(entry, dict) and entry.get("id") == self.model:
+                n = entry.get("max_model_len")
+                return int(n) if isinstance(n, int) and n > 0 else None
+        return None
 
     # ---------------------------------------------------------------- requests
 

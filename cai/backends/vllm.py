@@ -168,6 +168,12 @@ class VLLMBackend:
         self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         self.tok = self.llm.get_tokenizer()
 
+    @property
+    def context_length(self) -> int:
+        """The engine's ``max_model_len``: ``--max-model-len``, else what vLLM read from the
+        model's config."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
     def info(self) -> dict:
         """What the manifest records about this engine."""
         return {"vllm": vllm_version(), "device": self.device, **self.options}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ from ..models import fingerprint
 from ..stats import bootstrap_ci, elo, outcome, summarize
 from ..store import RunDir, key, write_jsonl_atomic
 from . import Progress, silent
-from .preferences import LabelSettings, Pair, judge_pairs
+from .fit import SEAM, Reader
+from .plan import Tally
+from .preferences import LabelSettings, Pair, judge_pairs, tally_judgements
 
 HARM_TAG = "harm"  # principles with this tag make up the harmlessness win rate
 NAME = re.compile(r"^[\w.+-]+$")
@@ -246,6 +248,7 @@ class CompareSettings:
     seed: int = 0
     tie_margin: float = 0.0
     resamples: int = 1000
+    long_prompts: str = "refuse"
 
     def cache_settings(self, constitution: Constitution) -> dict[str, Any]:
         """What the run directory's caches depend on (the tie margin and contestants do not)."""
@@ -256,6 +259,7 @@ class CompareSettings:
             "seed": self.seed,
             "sampling": self.sampling.as_dict(),
             "constitution_hash": constitution.hash,
+            "long_prompts": self.long_prompts,
         }
 
     def labelling(self) -> LabelSettings:
@@ -402,6 +406,7 @@ def round_robin(
                     it.messages,
                     texts[x][it.id],
                     texts[y][it.id],
+                    it.id,
                 )
                 for it in items
             ]
@@ -492,7 +497,91 @@ def settings_of(cfg, judge: str) -> CompareSettings:
         seed=cfg.seed,
         tie_margin=cfg.tie_margin,
         resamples=cfg.resamples,
+        long_prompts=cfg.long_prompts,
     )
+
+
+class CompareFit:
+    """The stage as the long-prompt check sees it (:mod:`cai.stages.fit`): each model
+    contestant's answers, and the judge's comparisons and refusal questions, answers not written
+    yet at ``max_new_tokens`` tokens under every principle; answers from files as they are."""
+
+    def __init__(
+        self,
+        constitution: Constitution,
+        settings: CompareSettings,
+        players: Sequence[Contestant],
+        files: dict[str, dict[str, str]],
+        judge: Reader,
+        writers: dict[str, Reader],
+    ):
+        self.cons, self.settings, self.players, self.files = constitution, settings, players, files
+        self.judge, self.writers = judge, writers
+        self.readers = [judge] + list(writers.values())
+        # an answer's draw is not known before it is written: every principle may be drawn
+        self.widest = replace(settings.labelling(), ensemble=len(constitution.principles))
+
+    def _tally(self, items: Sequence[PromptItem], files, tally: Tally) -> None:
+        n, judge = self.settings.sampling.max_new_tokens, self.judge.counter
+        unknown = judge.placeholder(n)
+        texts = {}
+        for c in self.players:
+            if c.kind == "answers":
+                texts[c.name] = {it.id: files(c.name, it.id) for it in items}
+                continue
+            chats, owners = [it.chat for it in items], [it.id for it in items]
+            tally.add(f"answers of {c.name}", self.writers[c.name].counter, chats, n, owners=owners)
+            texts[c.name] = {it.id: unknown for it in items}
+        known, blind = [], {}
+        for (i, j), ps in round_robin(self.players, items, texts).items():
+            if "model" in (self.players[i].kind, self.players[j].kind):
+                blind.update({(p.owner, p.first, p.second): p for p in ps})
+            else:
+                known += ps
+        tally_judgements(tally, judge, self.cons, known, [], self.settings.labelling(), set())
+        tally_judgements(tally, judge, self.cons, [], list(blind.values()), self.widest, set())
+        asks = {(it.id, texts[c.name][it.id]): it for c in self.players for it in items}
+        prompts = [refusal_prompt(judge, it.chat, answer) for (_, answer), it in asks.items()]
+        tally.add("refusal checks", judge, prompts, owners=[o for o, _ in asks])
+
+    def exact(self, inputs: Sequence[PromptItem], which: Sequence[int], tally: Tally) -> None:
+        self._tally([inputs[i] for i in which], lambda name, pid: self.files[name][pid], tally)
+
+    def probe(self, roles: tuple[str, ...], owner: str, tally: Tally) -> None:
+        item = PromptItem(owner, tuple((r, "") for r in roles))
+        self._tally([item], lambda name, pid: "", tally)  # answers from files: in extra
+
+    def extra(self, inputs: Sequence[PromptItem], reader: Reader) -> list[int]:
+        if reader is not self.judge or not self.files:
+            return [0] * len(inputs)
+        names = list(self.files)
+        sizes = iter(reader.counter.count([self.files[n][it.id] for it in inputs for n in names]))
+        out = []
+        for _ in inputs:  # a comparison holds two answers at most
+            own = sorted((next(sizes) for _ in names), reverse=True)
+            out.append(sum(own[:2]) + 2 * SEAM)
+        return out
+
+    def with_messages(self, item: PromptItem, messages) -> PromptItem:
+        return replace(item, messages=messages)
+
+
+def fit_readers(chosen: str, options: dict, judge, players, counters) -> tuple[Reader, dict]:
+    """The judge's reader and each model contestant's, their contexts read without loading
+    a model (:func:`cai.backends.context_length`)."""
+    from ..models import ResolvedModel
+    from .fit import plan_reader
+
+    served = chosen == "openai"
+    judge_reader = plan_reader("the judge", counters.of(judge), chosen, options)
+    writers = {
+        c.name: plan_reader(
+            f"model {c.name}", counters.of(ResolvedModel(c.name, c.source, served)), chosen, options
+        )
+        for c in players
+        if c.kind == "model"
+    }
+    return judge_reader, writers
 
 
 def plan_compare(cfg) -> dict[str, Any]:
@@ -503,10 +592,10 @@ def plan_compare(cfg) -> dict[str, Any]:
     from ..constitution import load_constitution
     from ..inputs import load_prompts
     from ..models import ResolvedModel, resolve_for
-    from .plan import Counters, Tally, check_settings, logged
-    from .preferences import tally_judgements
+    from .fit import planned
+    from .plan import Counters, check_settings, logged
 
-    chosen, _ = cfg.engine()
+    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
     served = chosen == "openai"
@@ -527,7 +616,8 @@ def plan_compare(cfg) -> dict[str, Any]:
         todo = [it for it in items if keys[it.id] not in have]
         writer = counters.of(ResolvedModel(c.name, c.source, served))
         tally.done(f"answers of {c.name}", len(items) - len(todo))
-        tally.add(f"answers of {c.name}", writer, [it.chat for it in todo], cfg.max_new_tokens)
+        chats, owners = [it.chat for it in todo], [it.id for it in todo]
+        tally.add(f"answers of {c.name}", writer, chats, cfg.max_new_tokens, owners=owners)
         texts[c.name] = {it.id: have.get(keys[it.id], unknown) for it in items}
         missing |= {(c.name, it.id) for it in todo}
     known, blind = {}, []
@@ -546,15 +636,19 @@ def plan_compare(cfg) -> dict[str, Any]:
     todo = {}  # one check per distinct answer, as the run asks; each answer not written is one
     for (name, pid), k in keyed.items():
         if (name, pid) in missing or k not in checked:
-            todo[(name, pid) if (name, pid) in missing else k] = chats[pid], texts[name][pid]
+            todo[(name, pid) if (name, pid) in missing else k] = pid, texts[name][pid]
     tally.done("refusal checks", len(set(keyed.values()) & checked))
-    tally.add("refusal checks", judge, [refusal_prompt(judge, c, a) for c, a in todo.values()])
+    asks = [refusal_prompt(judge, chats[pid], a) for pid, a in todo.values()]
+    tally.add("refusal checks", judge, asks, owners=[pid for pid, _ in todo.values()])
+    judge_reader, writers = fit_readers(chosen, options, judge_model, players, counters)
+    readers = [judge_reader, *writers.values()]
     return {
         "plan": {
             "prompts": len(items),
             "contestants": [c.name for c in players],
             **tally.figures(),
             "prompt_tokens_counted_with": counters.how(),
+            "long_prompts": planned(tally, readers, cfg.long_prompts),
         },
         "settings": {
             "constitution": cons.info(),
@@ -565,9 +659,22 @@ def plan_compare(cfg) -> dict[str, Any]:
             "ensemble": cfg.ensemble,
             "sampling": settings.sampling.as_dict(),
             "seed": cfg.seed,
+            "long_prompts": cfg.long_prompts,
             "out": str(cfg.out),
         },
     }
+
+
+def checked_context(engine, spec: str, expected: int | None) -> None:
+    """Refuse an engine whose context is shorter than the one the prompts were checked against
+    (read from the model's config: vLLM may take less), before its first call."""
+    got = engine.context_length
+    if expected is not None and got is not None and got < expected:
+        raise InputError(
+            f"{spec}: the {engine.name} engine runs it with a context of {got:,} tokens, not "
+            f"the {expected:,} its config gives, which the prompts were checked against; pass "
+            f"--max-model-len {got} to check them against what it runs"
+        )
 
 
 def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
@@ -581,6 +688,8 @@ def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
     from ..inputs import load_prompts
     from ..models import resolve_for
     from ..store import tracked, write_atomic
+    from .fit import fit
+    from .plan import Counters
 
     chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
@@ -588,19 +697,33 @@ def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
     players = contestants(
         cfg.model or [], cfg.answers or [], cfg.baseline, served=chosen == "openai"
     )
-    for c in players:
-        if c.kind == "answers":
-            load_answers(Path(c.source), items)  # a bad file fails before any model loads
-    settings = settings_of(cfg, resolve_for(chosen, cfg.judge).path)
+    files = {  # a bad file fails before any model loads
+        c.name: load_answers(Path(c.source), items) for c in players if c.kind == "answers"
+    }
+    judge = resolve_for(chosen, cfg.judge)
+    settings = settings_of(cfg, judge.path)
+    # before any model loads: a prompt too long is refused, or cut (the cut prompt is keyed)
+    judge_reader, writers = fit_readers(chosen, options, judge, players, Counters(chosen))
+    for r in [judge_reader, *writers.values()]:
+        r.counter.spare = True
+    steps = CompareFit(cons, settings, players, files, judge_reader, writers)
+    items, fitted = fit(items, steps, cfg.long_prompts, cfg.prompts, cfg.max_new_tokens)
+    expected = {judge.path: judge_reader.context}
+    expected.update({c.source: writers[c.name].context for c in players if c.kind == "model"})
+
+    def load(spec: str):
+        engine = make_backend(chosen, spec, **options)
+        checked_context(engine, spec, expected.get(spec))
+        return engine
 
     with RunDir(cfg.out) as run:
         info = {
             "contestants": [c.__dict__ for c in players],
             "prompts": cfg.prompts,
             "backend": chosen,
+            "long_prompts": fitted,
         }
         with tracked(run, settings.cache_settings(cons), **info) as manifest:
-            load = lambda spec: make_backend(chosen, spec, **options)  # noqa: E731
             result = compare(cons, items, players, settings, run, load, progress)
             text = json.dumps(result, indent=2, ensure_ascii=False)
             write_atomic(cfg.out / "compare.json", text + "\n")

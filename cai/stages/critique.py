@@ -15,11 +15,12 @@ revision keeps the previous answer and is marked; the SFT export uses the last n
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from ..backends import Backend, Chat, Sampling, engine_record
 from ..constitution import Constitution, CritiqueExample, Principle
@@ -29,6 +30,11 @@ from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
 from ..templates import render
 from . import Progress, Reporter, reporting, sampling_of, silent
+from .fit import hollow
+
+if TYPE_CHECKING:
+    from .fit import Reader
+    from .plan import PromptCounter, Tally
 
 STAGE = "critiques"
 
@@ -401,40 +407,105 @@ def settings_of(cfg, model: ResolvedModel) -> CritiqueSettings:
     )
 
 
+def run_settings_of(cfg, settings: CritiqueSettings, cons: Constitution) -> dict[str, Any]:
+    """What the run directory's manifest records, and a rerun must match."""
+    return {
+        "stage": STAGE,
+        **settings.as_dict(),
+        "constitution_hash": cons.hash,
+        "long_prompts": cfg.long_prompts,
+    }
+
+
+def tally_chains(
+    tally: Tally,
+    counter: PromptCounter,
+    constitution: Constitution,
+    units: Sequence[Unit],
+    rounds: int,
+    seed: int,
+    max_new_tokens: int,
+    total: int | None = None,
+) -> None:
+    """Add to ``tally`` the calls ``units`` have left, each as the exact chat the run would
+    send, an answer not written yet standing in as ``max_new_tokens`` tokens; each call owned by
+    its prompt's id. ``total``: the prompts of the run, to count the calls already made."""
+    unknown = {"text": counter.placeholder(max_new_tokens)}  # an answer not written yet
+    for step, r in steps_of(rounds):
+        todo = [u for u in units if (step, r) not in u.steps]
+        tally.done(step, (len(units) if total is None else total) - len(todo))
+        chats, _ = step_chats(constitution, todo, step, r, seed)
+        tally.add(step, counter, chats, max_new_tokens, owners=[u.item.id for u in todo])
+        for u in todo:
+            u.steps[(step, r)] = unknown
+
+
+class CritiqueFit:
+    """The stage as the long-prompt check sees it (:mod:`cai.stages.fit`): one model, every
+    step of every prompt as :func:`tally_chains` builds it."""
+
+    def __init__(self, constitution: Constitution, settings: CritiqueSettings, reader: Reader):
+        self.cons, self.settings, self.readers = constitution, settings, [reader]
+        self.counter = reader.counter
+
+    def exact(self, inputs: Sequence[PromptItem], which: Sequence[int], tally: Tally) -> None:
+        keys = unit_keys(inputs, self.settings, self.cons.hash)  # the draws the run makes
+        units = [Unit(inputs[i], keys[i]) for i in which]
+        s = self.settings
+        tally_chains(
+            tally, self.counter, self.cons, units, s.rounds, s.seed, s.sampling.max_new_tokens
+        )
+
+    def probe(self, roles: tuple[str, ...], owner: str, tally: Tally) -> None:
+        n = self.settings.sampling.max_new_tokens
+        chat, text = hollow(roles), self.counter.placeholder(n)
+        tally.add("response", self.counter, [chat], n, owners=[owner])
+        chats: dict[str, Chat] = {}  # a revision chat holds its critique chat
+        for p in self.cons.principles:
+            for r in range(1, self.settings.rounds + 1):
+                c = build_chat(
+                    self.cons, chat, "revision", principle=p, answer=text, critique=text, round=r
+                )
+                chats[json.dumps(c)] = c  # rounds the templates do not name count once
+        tally.add("revision", self.counter, list(chats.values()), n, owners=[owner] * len(chats))
+
+    def extra(self, inputs: Sequence[PromptItem], reader: Reader) -> list[int]:
+        return [0] * len(inputs)
+
+    def with_messages(self, item: PromptItem, messages) -> PromptItem:
+        return replace(item, messages=messages)
+
+
 def plan_critiques(cfg) -> dict[str, Any]:
     """What ``run_critiques(cfg)`` would do, with no model loaded: the inputs checked as the run
     checks them, what ``cfg.out`` already holds, and per step the calls left, their prompt tokens
     (the exact chats, counted as :mod:`cai.stages.plan` says) and the generated-token ceiling."""
     from ..constitution import load_constitution
     from ..inputs import load_prompts
+    from .fit import plan_reader, planned
     from .plan import Counters, Tally, check_settings, logged, model_of
 
-    chosen, _ = cfg.engine()
+    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
     counters = Counters(chosen)
     counter = counters(cfg.model)
     settings = settings_of(cfg, model_of(counter, cfg.model))
-    check_settings(cfg.out, {"stage": STAGE, **settings.as_dict(), "constitution_hash": cons.hash})
+    check_settings(cfg.out, run_settings_of(cfg, settings, cons))
     keys = unit_keys(items, settings, cons.hash)
     units = pending_units(
         items, keys, logged(cfg.out, "critiques.jsonl"), logged(cfg.out, "steps.jsonl")
     )
-    unknown = {"text": counter.placeholder(cfg.max_new_tokens)}  # an answer not written yet
     tally = Tally()
-    for step, r in steps_of(cfg.rounds):
-        todo = [u for u in units if (step, r) not in u.steps]
-        tally.done(step, len(keys) - len(todo))
-        chats, _ = step_chats(cons, todo, step, r, cfg.seed)
-        tally.add(step, counter, chats, cfg.max_new_tokens)
-        for u in todo:
-            u.steps[(step, r)] = unknown
+    tally_chains(tally, counter, cons, units, cfg.rounds, cfg.seed, cfg.max_new_tokens, len(keys))
+    reader = plan_reader("the model", counter, chosen, options)
     return {
         "plan": {
             "prompts": len(items),
             "prompts_done": len(items) - len(units),
             **tally.figures(),
             "prompt_tokens_counted_with": counters.how(),
+            "long_prompts": planned(tally, [reader], cfg.long_prompts),
         },
         "settings": {
             "constitution": cons.info(),
@@ -444,6 +515,7 @@ def plan_critiques(cfg) -> dict[str, Any]:
             "rounds": cfg.rounds,
             "sampling": sampling_of(cfg).as_dict(),
             "seed": cfg.seed,
+            "long_prompts": cfg.long_prompts,
             "out": str(cfg.out),
         },
         "first_prompts": {it.id: it.messages[-1][1] for it in items[:5]},
@@ -460,19 +532,24 @@ def run_critiques(cfg, progress: Progress = silent) -> dict[str, Any]:
     from ..inputs import load_prompts
     from ..models import resolve_for
     from ..store import tracked
+    from .fit import engine_reader, fit
 
     chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
     model = resolve_for(chosen, cfg.model)
     settings = settings_of(cfg, model)
-    run_settings = {"stage": STAGE, **settings.as_dict(), "constitution_hash": cons.hash}
+    run_settings = run_settings_of(cfg, settings, cons)
     with RunDir(cfg.out) as run:
         run.check_settings(run_settings)
         t0 = time.perf_counter()
         engine = make_backend(chosen, cfg.model, **options)
         load_s = time.perf_counter() - t0
+        # before any call: a prompt too long is refused, or cut (the cut prompt is what is keyed)
+        steps = CritiqueFit(cons, settings, engine_reader("the model", engine, model))
+        items, fitted = fit(items, steps, cfg.long_prompts, cfg.prompts, cfg.max_new_tokens)
         info = {"constitution": cons.info(), "prompts": cfg.prompts, "model_path": model.path}
+        info["long_prompts"] = fitted
         with tracked(run, run_settings, **info, **engine_record(engine)) as manifest:
             with reporting(progress, "model calls") as bar:
                 summary = critique_revise(cons, items, engine, run, settings, bar)

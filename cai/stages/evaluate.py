@@ -100,9 +100,10 @@ def eval_multiple_choice(backend: Backend, items: list[dict]) -> dict[str, Any]:
     }
 
 
-def eval_pairs(
+def pair_prompts(
     backend: Backend, constitution: Constitution, pairs: list[dict], seed: int = 0
-) -> dict[str, Any]:
+) -> tuple[list[str], list[tuple[int, str]]]:
+    """The judge's text for every pair in both orders, and ``(pair index, order)`` of each."""
     prompts, meta = [], []
     for i, pair in enumerate(pairs):
         principle = constitution.draw(seed, "eval", i)
@@ -115,6 +116,13 @@ def eval_pairs(
             chat = compare_chat(constitution, pair["chat"], principle, a, b)
             prompts.append(backend.render(chat) + render("compare_answer"))
             meta.append((i, order))
+    return prompts, meta
+
+
+def eval_pairs(
+    backend: Backend, constitution: Constitution, pairs: list[dict], seed: int = 0
+) -> dict[str, Any]:
+    prompts, meta = pair_prompts(backend, constitution, pairs, seed)
     scores = backend.choice_logprobs(prompts, ["A", "B"])
     p_chosen: dict[int, list[float]] = {}
     per_order = {o: [] for o in ORDERS}
@@ -143,12 +151,44 @@ def evaluate_labeler(
     path: Path, backend: Backend, constitution: Constitution, limit: int | None = None
 ) -> dict[str, Any]:
     mc, pairs = load_eval(path)
+    mc, pairs = mc[:limit], pairs[:limit]
+    check_context(path, backend, constitution, mc, pairs)
     out: dict[str, Any] = {"data": str(path), "model": backend.model_label}
     if mc:
-        out["multiple_choice"] = eval_multiple_choice(backend, mc[:limit])
+        out["multiple_choice"] = eval_multiple_choice(backend, mc)
     if pairs:
-        out["pairs"] = eval_pairs(backend, constitution, pairs[:limit])
+        out["pairs"] = eval_pairs(backend, constitution, pairs)
     return out
+
+
+def check_context(
+    path: Path, backend: Backend, constitution: Constitution, mc: list[dict], pairs: list[dict]
+) -> None:
+    """Refuse, before any item is scored, an item whose scored text (its prompt and an option,
+    or the comparison) and the one token read after it are longer than the model's context.
+    Nothing is cut: a cut item would measure something else than its label says."""
+    context = getattr(backend, "context_length", None)
+    if context is None:
+        return
+    texts = [
+        (f"multiple-choice item {i + 1}", it["prompt"] + " " + o.strip())
+        for i, it in enumerate(mc)
+        for o in it["options"]
+    ]
+    prompts, meta = pair_prompts(backend, constitution, pairs)
+    texts += [(f"pair {i + 1}", t) for t, (i, _) in zip(prompts, meta)]
+    sizes = backend.count_tokens([t for _, t in texts])
+    over: dict[str, int] = {}  # item -> its longest scored text
+    for (what, _), n in zip(texts, sizes):
+        if n + 1 > context:
+            over[what] = max(n + 1, over.get(what, 0))
+    if over:
+        what, n = next(iter(over.items()))
+        more = f" (and {len(over) - 1} more items)" if len(over) > 1 else ""
+        raise InputError(
+            f"{path}: {what} needs {n:,} tokens{more} but the model's context is {context:,}; "
+            "shorten it or leave it out"
+        )
 
 
 def dumps(result: dict[str, Any], per_item: bool = True) -> str:

@@ -41,6 +41,9 @@ class PromptCounter:
 
     def __init__(self, tok, how: str, model: ResolvedModel | None = None):
         self.tok, self.how, self.model = tok, how, model
+        # a check that a prompt fits gives an answer not written yet room for its text
+        # tokenizing longer when read back than the tokens the model wrote (see ``placeholder``)
+        self.spare = False
         self.word = "x"
         if tok is not None:  # a word that is one token however often it repeats
             for w in ("x", "a", "0", "the"):
@@ -87,7 +90,16 @@ class PromptCounter:
         return [len(x) for x in self._ids(texts)]
 
     def placeholder(self, n: int) -> str:
-        """Text of ``n`` tokens: an answer not written yet, at its longest."""
+        """Text of ``n`` tokens: an answer not written yet, at its longest. With ``spare``,
+        ``n // 16 + 2`` more: an answer is read back from its text, which may tokenize longer
+        than the tokens written (a model's odd splits, a character cut by the limit).
+
+        >>> c = PromptCounter(None, "estimate")
+        >>> c.spare = True
+        >>> c.count([c.placeholder(32)])
+        [36]
+        """
+        n += n // 16 + 2 if self.spare else 0
         if self.tok is None:
             return "x" * (CHARS_PER_TOKEN * n)
         return " ".join([self.word] * n)
@@ -148,6 +160,16 @@ def model_of(counter: PromptCounter, name: str) -> ResolvedModel:
     return counter.model or ResolvedModel(name, name)
 
 
+@dataclass(frozen=True)
+class Need:
+    """The most one input asks of one model: a step's prompt tokens plus what it generates (one
+    option token where it scores), the largest over its steps."""
+
+    tokens: int
+    prompt: int
+    step: str
+
+
 @dataclass
 class Step:
     calls: int = 0  # prompts still to send
@@ -161,6 +183,8 @@ class Tally:
     """Calls, prompt tokens and generated-token ceilings per step of a stage."""
 
     steps: dict[str, Step] = field(default_factory=dict)
+    # (counter, input id) -> the most that input asks of that counter's model
+    needs: dict[tuple[PromptCounter, str], Need] = field(default_factory=dict)
 
     def add(
         self,
@@ -169,12 +193,23 @@ class Tally:
         prompts: Sequence[Chat | str],
         new_tokens: int = 0,
         samples: int = 1,
+        owners: Sequence[str] | None = None,
     ) -> None:
-        """Calls still to make: ``prompts``, each writing ``samples`` x ``new_tokens`` at most."""
+        """Calls still to make: ``prompts``, each writing ``samples`` x ``new_tokens`` at most;
+        ``owners``, the id of the input each prompt is for, to keep each input's :class:`Need`."""
         s = self.steps.setdefault(step, Step())
+        counts = counter.count(prompts)
         s.calls += len(prompts)
-        s.prompt_tokens += sum(counter.count(prompts))
+        s.prompt_tokens += sum(counts)
         s.max_new_tokens += len(prompts) * samples * new_tokens
+        for owner, n in zip(owners or (), counts):
+            need = Need(n + max(new_tokens, 1), n, step)
+            old = self.needs.get((counter, owner))
+            if old is None or need.tokens > old.tokens:
+                self.needs[counter, owner] = need
+
+    def need(self, counter: PromptCounter, owner: str) -> Need | None:
+        return self.needs.get((counter, owner))
 
     def done(self, step: str, calls: int) -> None:
         self.steps.setdefault(step, Step()).done += calls

@@ -22,7 +22,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..backends import Backend, Chat, Sampling
@@ -33,8 +33,10 @@ from ..judging import answer_prompt, compare_chat, cot_answer_prompt, cot_prompt
 from ..models import ResolvedModel
 from ..store import RunDir, key, write_jsonl_atomic
 from . import Progress, reporting, sampling_of, silent
+from .fit import SEAM
 
 if TYPE_CHECKING:
+    from .fit import Reader
     from .plan import PromptCounter, Tally
 
 STAGE = "preferences"
@@ -48,6 +50,16 @@ class Pair:
     prompt: tuple[tuple[str, str], ...]
     first: str
     second: str
+    source: str = ""  # the id of the prompt it answers, where pairs come from prompts
+
+    @property
+    def messages(self) -> tuple[tuple[str, str], ...]:
+        return self.prompt
+
+    @property
+    def owner(self) -> str:
+        """The input it belongs to: its prompt's id, or its own (a pair given as it is)."""
+        return self.source or self.id
 
     @property
     def chat(self) -> Chat:
@@ -96,7 +108,8 @@ def sample_pairs(
     for item, k in zip(prompts, keys):
         for i, j in itertools.combinations(range(len(samples[k])), 2):
             a, b = samples[k][i], samples[k][j]
-            pairs.append(Pair(f"{item.id}:{i}-{j}", key(STAGE, k, i, j), item.messages, a, b))
+            pid, pk = f"{item.id}:{i}-{j}", key(STAGE, k, i, j)
+            pairs.append(Pair(pid, pk, item.messages, a, b, item.id))
     return pairs
 
 
@@ -228,9 +241,9 @@ def tally_judgements(
 ) -> None:
     """For a plan: add to ``tally`` the judgements of ``pairs`` whose keys are not in ``done``,
     and of every ``blind`` pair (its answers not written yet, so its principles not drawn yet: it
-    gets the E with the longest comparison questions), as ``judge`` counts them. With
-    ``settings.cot`` each is a reasoning call, then the scoring after reasoning of
-    ``max_new_tokens`` tokens."""
+    gets the E with the longest comparison questions), as ``judge`` counts them, each owned by
+    the pair's input (:attr:`Pair.owner`). With ``settings.cot`` each is a reasoning call, then
+    the scoring after reasoning of ``max_new_tokens`` tokens."""
     ps = constitution.principles
     widest = sorted(ps, key=lambda p: -len(p.compare))[: settings.ensemble]
     jobs = [(pair, p, order) for pair in blind for p in widest for order in ORDERS]
@@ -240,16 +253,17 @@ def tally_judgements(
             judged += jk in done
             jobs += [] if jk in done else [(pair, p, order)]
     chats = [job_chat(constitution, pair, p, order) for pair, p, order in jobs]
+    owners = [pair.owner for pair, _, _ in jobs]
     if settings.cot:
         n = settings.cot_sampling.max_new_tokens
         texts = [cot_prompt(judge, c) for c in chats]
         tally.done("reasoning", judged)
-        tally.add("reasoning", judge, texts, n)
+        tally.add("reasoning", judge, texts, n, owners=owners)
         scored = [cot_answer_prompt(t, judge.placeholder(n)) for t in texts]
     else:
         scored = [answer_prompt(judge, c) for c in chats]
     tally.done("judgements", judged)
-    tally.add("judgements", judge, scored)
+    tally.add("judgements", judge, scored, owners=owners)
 
 
 def job_chat(constitution: Constitution, pair: Pair, principle: Principle, order: str) -> Chat:
@@ -393,7 +407,12 @@ def given_pairs(cfg) -> list[Pair]:
     from ..inputs import load_pairs
 
     rows = load_pairs(cfg.pairs)[: cfg.limit]
-    return [Pair(i, key("pair", m, a, b), m, a, b) for i, m, a, b in rows]
+    return [given_pair(i, m, a, b) for i, m, a, b in rows]
+
+
+def given_pair(pid: str, messages, first: str, second: str) -> Pair:
+    """A pair given as it is, keyed by its content."""
+    return Pair(pid, key("pair", messages, first, second), messages, first, second)
 
 
 def label_settings(cfg, judge: ResolvedModel) -> LabelSettings:
@@ -420,7 +439,65 @@ def run_settings(
         "policy_id": policy and policy.fingerprint(),
         "samples": None if cfg.pairs else cfg.samples,
         "sampling": None if cfg.pairs else sampling_of(cfg).as_dict(),
+        "long_prompts": cfg.long_prompts,
     }
+
+
+class PreferenceFit:
+    """The stage as the long-prompt check sees it (:mod:`cai.stages.fit`): the policy's samples
+    of each prompt and the judge's comparisons of their pairs, answers not sampled yet at
+    ``max_new_tokens`` tokens under every principle; or, with pairs given, the judge's
+    comparisons of each pair under its own draws."""
+
+    def __init__(
+        self,
+        constitution: Constitution,
+        settings: LabelSettings,
+        cfg,
+        judge: Reader,
+        policy: Reader | None,
+    ):
+        self.cons, self.settings, self.cfg = constitution, settings, cfg
+        self.judge, self.policy = judge, policy
+        self.readers = [judge] + ([policy] if policy and policy is not judge else [])
+        # an answer's draw is not known before it is written: every principle may be drawn
+        self.widest = replace(settings, ensemble=len(constitution.principles))
+
+    def _blind(self, items: Sequence[PromptItem], tally: Tally, owners: Sequence[str]) -> None:
+        assert self.policy is not None
+        n = self.cfg.max_new_tokens
+        chats = [it.chat for it in items]
+        tally.add("samples", self.policy.counter, chats, n, self.cfg.samples, owners=owners)
+        unknown = self.judge.counter.placeholder(n)  # all of a prompt's pairs read alike
+        blind = [Pair(o, o, it.messages, unknown, unknown, o) for it, o in zip(items, owners)]
+        tally_judgements(tally, self.judge.counter, self.cons, [], blind, self.widest, set())
+
+    def exact(self, inputs: Sequence[Any], which: Sequence[int], tally: Tally) -> None:
+        chosen = [inputs[i] for i in which]
+        if self.policy is None:
+            c = self.judge.counter
+            tally_judgements(tally, c, self.cons, chosen, [], self.settings, set())
+        else:
+            self._blind(chosen, tally, [it.id for it in chosen])
+
+    def probe(self, roles: tuple[str, ...], owner: str, tally: Tally) -> None:
+        messages = tuple((r, "") for r in roles)
+        if self.policy is None:  # the answers are counted with the input (extra)
+            pair = Pair(owner, owner, messages, "", "", owner)
+            tally_judgements(tally, self.judge.counter, self.cons, [], [pair], self.widest, set())
+        else:
+            self._blind([PromptItem(owner, messages)], tally, [owner])
+
+    def extra(self, inputs: Sequence[Any], reader: Reader) -> list[int]:
+        if self.policy is not None or reader is not self.judge:
+            return [0] * len(inputs)
+        sizes = iter(reader.counter.count([t for p in inputs for t in (p.first, p.second)]))
+        return [next(sizes) + next(sizes) + 2 * SEAM for _ in inputs]
+
+    def with_messages(self, item: Any, messages) -> Any:
+        if isinstance(item, Pair):
+            return given_pair(item.id, messages, item.first, item.second)
+        return replace(item, messages=messages)
 
 
 def plan_preferences(cfg) -> dict[str, Any]:
@@ -431,9 +508,10 @@ def plan_preferences(cfg) -> dict[str, Any]:
     comparison questions (their draw depends on the answers)."""
     from ..constitution import load_constitution
     from ..inputs import load_prompts
+    from .fit import plan_reader, planned
     from .plan import Counters, Tally, check_settings, logged, model_of
 
-    chosen, _ = cfg.engine()
+    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     counters = Counters(chosen)
     judge = counters(cfg.feedback)
@@ -453,19 +531,25 @@ def plan_preferences(cfg) -> dict[str, Any]:
         known = [(it, k) for it, k in zip(items, keys) if k in have]
         todo = [(it, k) for it, k in zip(items, keys) if k not in have]
         tally.done("samples", len(known))
-        tally.add("samples", writer, [it.chat for it, _ in todo], cfg.max_new_tokens, cfg.samples)
+        chats, owners = [it.chat for it, _ in todo], [it.id for it, _ in todo]
+        tally.add("samples", writer, chats, cfg.max_new_tokens, cfg.samples, owners=owners)
         pairs = sample_pairs([it for it, _ in known], have, [k for _, k in known])
         guess = {k: [unknown] * cfg.samples for _, k in todo}
         blind = sample_pairs([it for it, _ in todo], guess, [k for _, k in todo])
     check_settings(cfg.out, run_settings(cfg, cons, settings, policy))
     done = {r["key"] for r in logged(cfg.out, "labels.jsonl")}
     tally_judgements(tally, judge, cons, pairs, blind, settings, done)
+    same = cfg.pairs is None and counters(cfg.policy) is judge
+    readers = [plan_reader("the model" if same else "the judge", judge, chosen, options)]
+    if cfg.pairs is None and not same:
+        readers.append(plan_reader("the policy", counters(cfg.policy), chosen, options))
     return {
         "plan": {
             "prompts": prompts,
             "pairs": len(pairs) + len(blind),
             **tally.figures(),
             "prompt_tokens_counted_with": counters.how(),
+            "long_prompts": planned(tally, readers, cfg.long_prompts),
         },
         "settings": {
             "constitution": cons.info(),
@@ -478,6 +562,7 @@ def plan_preferences(cfg) -> dict[str, Any]:
             "cot": cfg.cot,
             "sampling": None if cfg.pairs else sampling_of(cfg).as_dict(),
             "seed": cfg.seed,
+            "long_prompts": cfg.long_prompts,
             "out": str(cfg.out),
         },
     }
@@ -494,6 +579,7 @@ def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
     from ..inputs import load_prompts
     from ..models import resolve_for
     from ..store import tracked
+    from .fit import engine_reader, fit
 
     chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
@@ -509,14 +595,25 @@ def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
     with RunDir(cfg.out) as run:
         run.check_settings(run_settings(cfg, cons, settings, policy))
         judge_engine = make_backend(chosen, cfg.feedback, **options)
-        info = {"constitution": cons.info(), "prompts": cfg.pairs or cfg.prompts}
+        engine, policy_reader = None, None
+        same = policy is not None and policy.path == judge.path
+        judge_reader = engine_reader("the model" if same else "the judge", judge_engine, judge)
+        if policy is not None:
+            engine = judge_engine if same else make_backend(chosen, cfg.policy, **options)
+            policy_reader = judge_reader if same else engine_reader("the policy", engine, policy)
+        # before any call: a prompt too long is refused, or cut (the cut prompt is what is keyed)
+        steps = PreferenceFit(cons, settings, cfg, judge_reader, policy_reader)
+        where, n = cfg.pairs or cfg.prompts, cfg.max_new_tokens
+        if policy is None:
+            pairs, fitted = fit(pairs, steps, cfg.long_prompts, where, n)
+        else:
+            items, fitted = fit(items, steps, cfg.long_prompts, where, n)
+        info = {"constitution": cons.info(), "prompts": where, "long_prompts": fitted}
         made: list[dict[str, Any]] = []
         with tracked(
             run, run_settings(cfg, cons, settings, policy), **info, **engine_record(judge_engine)
         ) as manifest:
-            if policy is not None:
-                same = policy.path == judge.path
-                engine = judge_engine if same else make_backend(chosen, cfg.policy, **options)
+            if engine is not None:
                 with reporting(progress, "policy samples") as bar:
                     bar.start(len(items))
                     got = policy_samples(items, engine, run, cfg.samples, sampling, bar)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ...errors import InputError
 from ...models import ResolvedModel
-from .. import Chat, Completion, Progress, Sampling
+from .. import Chat, Completion, Progress, Sampling, config_context
 from .attention import NAME, register
 from .cpu import (
     bytes_per_token,
@@ -119,6 +119,15 @@ class HFBackend:
 
     def render(self, chat: Chat) -> str:
         return self.tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def context_length(self) -> int | None:
+        """The model config's context (``config_context``); else the tokenizer's
+        ``model_max_length`` when it is a real figure (transformers sets a huge one when unset)."""
+        found = config_context(self.model.config)
+        if found is None and 0 < getattr(self.tok, "model_max_length", 0) < 10**8:
+            found = int(self.tok.model_max_length)
+        return found
 
     def splits_cleanly(self, text: str, choices: Sequence[str]) -> bool:
         """Whether every ``text + choice`` tokenizes as ``text`` then ``choice`` (no merge)."""
