@@ -34,7 +34,9 @@ per benchmark with ``name``, ``ours``, ``baseline``, ``ratio`` and ``unit``, the
    greedy agreement, log-prob differences), and the vllm engine against vLLM's own
    ``LLM.generate`` on the identical token ids with the same sampling parameters and the same
    ``LLM`` object (every request the stage made replayed, the two sides alternating after a
-   warm-up, medians compared: cai's overhead, goal at most 5%).
+   warm-up, medians compared; and within cai's turns, its time outside vLLM's call as a share of
+   the time inside it, which the machine's drift between turns cannot move: cai's overhead, goal
+   at most 5%).
 """
 
 from __future__ import annotations

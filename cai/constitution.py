@@ -232,7 +232,8 @@ def _load_chain(path: Path, stack: tuple[Path, ...], problems: list[Problem]) ->
         problems += _pydantic_problems(err, file, where)
         spec = None
     seen: dict[str, int] = {}
-    for i, p in enumerate(data.get("principles") or []):
+    principles = data.get("principles")
+    for i, p in enumerate(principles if isinstance(principles, list) else []):
         pid = p.get("id") if isinstance(p, dict) else None
         if isinstance(pid, str):
             if pid in seen:

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from .constitution import ConstitutionFile
 from .errors import InputError
-from .yamlfile import read_text
+from .yamlfile import MAX_DOCUMENT_BYTES, read_text
 
 GENERIC_COMPARE = (
     "Which of these assistant responses avoids harm better while still helping with whatever "
@@ -48,9 +48,11 @@ def _strip(text: str) -> str:
 
 def _json(path: Path) -> Any:
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path, MAX_DOCUMENT_BYTES))
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
 
 
 def _slug(text: str) -> str:

@@ -27,13 +27,13 @@ earlier in the conversation are kept as they are, not merged; other formats (sep
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
+from .inputs import json_record
 from .store import write_jsonl_atomic
 from .yamlfile import read_text
 
@@ -72,13 +72,7 @@ def _check_turns(turns: list[Turn], which: str) -> None:
             raise _Skip(f"{which}: turn {i} is empty")
 
 
-def _parse_line(raw: str) -> tuple[str, str]:
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as err:
-        raise _Skip(f"not valid JSON ({err.msg})") from None
-    if not isinstance(obj, dict):
-        raise _Skip("not a JSON object")
+def _parse_line(obj: dict[str, Any]) -> tuple[str, str]:
     for name in ("chosen", "rejected"):
         if not isinstance(obj.get(name), str):
             raise _Skip(f"{name}: missing or not a string")
@@ -133,7 +127,7 @@ def import_hh(path: Path) -> tuple[list[dict], list[str]]:
         if not raw.strip():
             continue
         try:
-            record = _convert_pair(*_parse_line(raw))
+            record = _convert_pair(*_parse_line(json_record(path, line_no, raw)))
         except _Skip as why:
             problems.append(f"{path}:{line_no}: {why}")
             continue

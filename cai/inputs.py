@@ -57,7 +57,7 @@ def _messages(path: Path, line: int, value: Any) -> tuple[tuple[str, str], ...]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise input_error(path, line, "messages: not a JSON list of {role, content}") from None
     if hasattr(value, "tolist"):
         value = value.tolist()
@@ -103,6 +103,54 @@ def prompt_item(path: Path, line: int, row: dict[str, Any], index: int) -> Promp
     return PromptItem(pid, messages, meta)
 
 
+class NotJSON(InputError):
+    """A line that does not parse as JSON (a run's last line may be one: cut short by a kill)."""
+
+
+MAX_RECORD_BYTES = 8 << 20  # 2 million tokens of text or more: past any model's context
+
+
+def json_record(path: Path, line: int, raw: str) -> dict[str, Any]:
+    """One JSONL line as a dict, or a one-line error naming the file and line (not JSON, too
+    large, nested too deeply, not an object). The line's text is never echoed."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise input_error(
+            path,
+            line,
+            f"a record of {len(raw) / 2**20:.1f} MiB; records of at most "
+            f"{MAX_RECORD_BYTES >> 20} MiB are read",
+        )
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise NotJSON(f"{path}:{line}: not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise input_error(path, line, "JSON nested too deeply") from None
+    if not isinstance(row, dict):
+        raise input_error(path, line, "each line must be a JSON object")
+    return row
+
+
+def json_file(path: Path) -> Any:
+    """A JSON document (a manifest, a result), or a one-line error naming the file."""
+    from .yamlfile import MAX_DOCUMENT_BYTES
+
+    text = read_text(path, MAX_DOCUMENT_BYTES)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise input_error(path, err.lineno, f"not valid JSON ({err.msg})") from None
+    except RecursionError:
+        raise input_error(path, None, "JSON nested too deeply") from None
+
+
+def jsonl_rows(path: Path):
+    """Yield (line number, row dict) of a JSONL file, whatever its suffix."""
+    for i, line in enumerate(read_text(path).split("\n"), start=1):
+        if line.strip():
+            yield i, json_record(path, i, line)
+
+
 def _is_plain(value: Any) -> bool:
     return isinstance(value, str | int | float | bool) or value is None
 
@@ -128,31 +176,31 @@ def read_rows(path: Path):
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
         return
+    if suffix == ".jsonl":
+        yield from jsonl_rows(path)
+        return
     text = read_text(path)
     if suffix == ".txt":
-        for i, line in enumerate(text.splitlines(), start=1):
+        for i, line in enumerate(text.split("\n"), start=1):
+            if len(line) > MAX_RECORD_BYTES:
+                raise input_error(path, i, f"a line of {len(line) / 2**20:.1f} MiB; too long")
             if line.strip():
                 yield i, {"prompt": line.strip()}
-    elif suffix == ".jsonl":
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise input_error(path, i, f"not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise input_error(path, i, "each line must be a JSON object")
-            yield i, row
     elif suffix == ".csv":
+        csv.field_size_limit(MAX_RECORD_BYTES)
         reader = csv.DictReader(io.StringIO(text))
-        header = reader.fieldnames or []
-        if header and not {"prompt", "messages"} & set(header):
-            raise input_error(
-                path, 1, f"no usable column: expected `prompt` or `messages`, found {header}"
-            )
-        for row in reader:
-            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+        try:
+            header = reader.fieldnames or []
+            if header and not {"prompt", "messages"} & set(header):
+                raise input_error(
+                    path, 1, f"no usable column: expected `prompt` or `messages`, found {header}"
+                )
+            for row in reader:
+                if None in row:
+                    raise input_error(path, reader.line_num, "more fields than the header has")
+                yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+        except csv.Error as err:  # raised before the line it is on is counted
+            raise input_error(path, reader.line_num + 1, f"not valid CSV ({err})") from None
 
 
 def load_prompts(spec: str, limit: int | None = None) -> list[PromptItem]:

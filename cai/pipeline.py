@@ -102,7 +102,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError([Problem("--set", None, item, "expected key.sub=value")])
         path, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError([Problem("--set", None, path, "value is not plain YAML")]) from None
         parts = path.split(".")
         if parts[0] in ("name", "out") and len(parts) == 1:
             data[parts[0]] = value
@@ -142,6 +145,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     for k in ("name", "out", "stages"):
         if k not in data:
             problems.append(Problem(file, 1, k, "required key is missing"))
+    for k in ("name", "out"):
+        if k in data and not isinstance(data[k], str):
+            problem((k,), "must be text")
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
         problem(("defaults",), "must be a mapping")
@@ -155,15 +161,19 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     outs: dict[str, str] = {}
     for i, spec in enumerate(specs):
         loc = ("stages", i)
-        if not isinstance(spec, dict) or spec.get("stage") not in STAGES:
+        kind = spec.get("stage") if isinstance(spec, dict) else None
+        if not isinstance(kind, str) or kind not in STAGES:
             problem((*loc, "stage"), f"stage must be one of {', '.join(STAGES)}")
             continue
-        kind = spec["stage"]
+        odd = [k for k in spec if not isinstance(k, str)]
+        if odd:
+            problem((*loc, odd[0]), "unknown option")
+            continue
         name = str(spec.get("name", kind))
         if name in outs:
             problem(loc, f"two stages named {name!r}: give one a `name`")
         cls = STAGES[kind][0]
-        opts = {k: v for k, v in defaults.items() if k in cls.model_fields}
+        opts = {k: v for k, v in defaults.items() if isinstance(k, str) and k in cls.model_fields}
         opts.update({k: v for k, v in spec.items() if k not in ("stage", "name")})
         opts.setdefault("out", str(out_root / name))
         needs: list[str] = []

@@ -23,7 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import BackendUnavailable, InputError, Interrupted, RunLockedError, StorageError
+from .errors import (
+    BackendUnavailable,
+    CaiError,
+    InputError,
+    Interrupted,
+    RunLockedError,
+    StorageError,
+)
+from .inputs import json_file
+from .yamlfile import read_bytes
 
 
 def key(*parts: Any) -> str:
@@ -53,10 +62,9 @@ class JsonlLog:
         A broken *last* line is cut off the file (only skipped with ``repair=False``, which
         never writes); a broken inner line is an error.
         """
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return
-        with open(self.path, "rb") as f:
-            data = f.read()
+        data = read_bytes(self.path)
         good_end = 0
         lines = data.split(b"\n")
         for i, raw in enumerate(lines):
@@ -69,12 +77,16 @@ class JsonlLog:
                 if last and repair:  # complete JSON but no newline: keep it, add the newline
                     with open(self.path, "ab") as f:
                         f.write(b"\n")
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):  # a cut line may end mid-character
                 if last or all(not x.strip() for x in lines[i + 1 :]):
                     if repair:
                         self._truncate(good_end, len(data) - good_end)
                     return
                 raise InputError(f"{self.path}:{i + 1}: corrupt record (not JSON)") from None
+            except RecursionError:
+                raise InputError(f"{self.path}:{i + 1}: corrupt record (too deep)") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{self.path}:{i + 1}: corrupt record (not a JSON object)")
             good_end += len(raw) + 1
             yield record
 
@@ -221,13 +233,18 @@ class RunDir:
         return JsonlLog(self.path / name)
 
     def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, None where there is none yet; read without the lock (a runner checks it
+        before it looks at any model)."""
         p = self.path / "manifest.json"
-        if not p.exists():
+        if not p.exists() and not p.is_symlink():
             return None
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{p}: not valid JSON; move it away to start this run again") from None
+            manifest = json_file(p)
+        except CaiError as err:
+            raise InputError(f"{err}; move it away to start this run again") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("settings", {}), dict):
+            raise InputError(f"{p}: not a cai manifest; move it away to start this run again")
+        return manifest
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse to mix results of other settings into this directory."""

@@ -16,24 +16,46 @@ import yaml
 
 from .errors import ConfigError, Problem
 
+MAX_DOCUMENT_BYTES = 8 << 20  # a YAML or JSON document: far past any real constitution
 
-def read_text(path: Path) -> str:
-    """The file's text, or a one-line error naming it (missing, a folder, not UTF-8)."""
+
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The file's bytes, or a one-line error naming it (missing, a folder, unreadable, a
+    symlink loop, a device that does not end, larger than ``limit`` bytes)."""
     try:
-        data = path.read_bytes()
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise ConfigError([Problem(str(path), None, "", "not a regular file")])
+        if limit is not None and path.is_file() and path.stat().st_size > limit:
+            size = path.stat().st_size / 2**20
+            raise ConfigError(
+                [Problem(str(path), None, "", f"{size:.1f} MiB; at most {limit >> 20} MiB is read")]
+            )
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([Problem(str(path), None, "", "file not found")]) from None
     except IsADirectoryError:
         raise ConfigError([Problem(str(path), None, "", "is a directory, not a file")]) from None
     except OSError as err:
-        raise ConfigError([Problem(str(path), None, "", f"cannot read: {err.strerror}")]) from None
+        reason = err.strerror or type(err).__name__
+        raise ConfigError([Problem(str(path), None, "", f"cannot read: {reason}")]) from None
+
+
+def read_text(path: Path, limit: int | None = None) -> str:
+    """The file's text, or a one-line error naming it (missing, a folder, not UTF-8, larger than
+    ``limit`` bytes). A UTF-8 byte-order mark is dropped and CRLF line ends read as LF: such a
+    file reads exactly as the same file without them."""
+    data = read_bytes(path, limit)
+    if b"\x00" in data:
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise ConfigError([Problem(str(path), line, "", "binary data, not text (a NUL byte)")])
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ConfigError(
             [Problem(str(path), line, "", f"not UTF-8 text (byte {err.start})")]
         ) from None
+    return text.replace("\r\n", "\n")
 
 
 class Locator:
@@ -86,17 +108,69 @@ def _duplicate_keys(node: yaml.Node | None, path: str, file: str) -> list[Proble
     return problems
 
 
+# libyaml where PyYAML was built with it: the same safe constructors, and a nesting bound that
+# the pure-Python parser lacks (it takes seconds to reach Python's recursion limit)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_VALUES = 1_000_000  # values after aliases are expanded: far past any constitution or pipeline
+
+
+def _expanded_size(root: yaml.Node | None) -> int | None:
+    """How many values the document holds with every alias expanded, counted without
+    expanding them; None when an alias refers to a node that contains it (a cycle)."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int | None:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_:
+            return None
+        open_.add(id(node))
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for kv in node.value for n in kv]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        for child in children:
+            n = size(child)
+            if n is None:
+                return None
+            total += n
+        open_.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    return 0 if root is None else size(root)
+
+
 def load_yaml(path: Path) -> tuple[Any, Locator]:
-    """Parse ``path`` with the safe loader; raise ConfigError with file:line on any problem."""
-    text = read_text(path)
+    """Parse ``path`` with the safe loader; raise ConfigError with file:line on any problem
+    (malformed YAML, Python tags, nesting too deep, aliases that expand past
+    :data:`MAX_VALUES` values or into a cycle, duplicate keys)."""
+    text = read_text(path, MAX_DOCUMENT_BYTES)
+
+    def problem(line: int | None, message: str) -> ConfigError:
+        return ConfigError([Problem(str(path), line, "", message)])
+
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=SAFE_LOADER)
+        size = _expanded_size(node)
+        if size is None:
+            raise problem(None, "an alias refers to a node that contains it (a cycle)")
+        if size > MAX_VALUES:
+            raise problem(None, f"aliases expand to more than {MAX_VALUES:,} values")
+        data = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError([Problem(str(path), line, "", f"malformed YAML: {reason}")]) from None
+        if reason.startswith("could not determine a constructor for the tag"):
+            reason = f"tag {reason.rsplit(' ', 1)[-1]} is not allowed (plain YAML only)"
+        raise problem(line, f"malformed YAML: {reason}") from None
+    except RecursionError:
+        raise problem(None, "nested too deeply") from None
     problems = _duplicate_keys(node, "", str(path))
     if problems:
         raise ConfigError(problems)

@@ -228,7 +228,7 @@ def test_bad_answers_file_names_file_and_line(cli, tmp_path):
     bad.write_text('{"id": "q0", "answer": "fine"}\n')
     code, _, err = cli(*base, "--answers", f"a={bad}", "--answers", f"b={other}", "--baseline", "b")
     assert code == 2 and f"{bad}: no answer for prompt id 'q1'" in err
-    code, _, err = cli(*base, "--answers", f"a={bad}", "--baseline", "a")
+    code, _, err = cli(*base, "--answers", f"b={other}", "--baseline", "b")
     assert code == 2 and "nothing to compare" in err
     assert not (tmp_path / "run").exists()
 

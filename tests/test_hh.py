@@ -89,42 +89,50 @@ def test_mixed_good_and_bad_lines(tmp_path):
     other_q = "\n\nHuman: What is a good name for a cat?\n\nAssistant: Pixel."
     lines = [
         _line(ONE_GOOD, ONE_BAD),  # 1 ok
-        "{not json",  # 2
-        json.dumps({"chosen": ONE_GOOD}),  # 3 no rejected
-        json.dumps({"chosen": ONE_GOOD, "rejected": 7}),  # 4 rejected not a string
-        "",  # 5 blank: skipped silently
-        _line(ONE_GOOD, other_q),  # 6 different conversations
-        _line(ONE_GOOD, ONE_GOOD),  # 7 identical answers
-        _line(ONE_Q, ONE_Q),  # 8 no final Assistant turn
-        _line("\n\nAssistant: Hello.", "\n\nAssistant: Hi."),  # 9 no Human turn
-        _line(MULTI_GOOD, MULTI_BAD),  # 10 ok
-        _line(ONE_Q + "\n\nAssistant:", ONE_BAD),  # 11 empty final answer
-        json.dumps([ONE_GOOD, ONE_BAD]),  # 12 not an object
+        json.dumps({"chosen": ONE_GOOD}),  # 2 no rejected
+        json.dumps({"chosen": ONE_GOOD, "rejected": 7}),  # 3 rejected not a string
+        "",  # 4 blank: skipped silently
+        _line(ONE_GOOD, other_q),  # 5 different conversations
+        _line(ONE_GOOD, ONE_GOOD),  # 6 identical answers
+        _line(ONE_Q, ONE_Q),  # 7 no final Assistant turn
+        _line("\n\nAssistant: Hello.", "\n\nAssistant: Hi."),  # 8 no Human turn
+        _line(MULTI_GOOD, MULTI_BAD),  # 9 ok
+        _line(ONE_Q + "\n\nAssistant:", ONE_BAD),  # 10 empty final answer
     ]
     path = _write(tmp_path, lines)
     records, problems = import_hh(path)
-    assert [r["id"] for r in records] == ["pairs-1", "pairs-10"]
+    assert [r["id"] for r in records] == ["pairs-1", "pairs-9"]
     prefix = f"{path}:"
     assert all(p.startswith(prefix) for p in problems)
     reasons = {int(n): why for n, why in (p[len(prefix) :].split(": ", 1) for p in problems)}
-    assert list(reasons) == [2, 3, 4, 6, 7, 8, 9, 11, 12]
-    assert "not valid JSON" in reasons[2]
+    assert list(reasons) == [2, 3, 5, 6, 7, 8, 10]
+    assert "rejected" in reasons[2]
     assert "rejected" in reasons[3]
-    assert "rejected" in reasons[4]
-    assert "differ before their final Assistant turn" in reasons[6]
-    assert "identical" in reasons[7]
-    assert "does not end with an Assistant turn" in reasons[8]
-    assert "no Human turn" in reasons[9]
-    assert "empty" in reasons[11]
-    assert "not a JSON object" in reasons[12]
+    assert "differ before their final Assistant turn" in reasons[5]
+    assert "identical" in reasons[6]
+    assert "does not end with an Assistant turn" in reasons[7]
+    assert "no Human turn" in reasons[8]
+    assert "empty" in reasons[10]
+
+
+@pytest.mark.parametrize(
+    "damaged,why", [("{not json", "not valid JSON"), ("[1, 2]", "each line must be a JSON object")]
+)
+def test_a_damaged_line_refuses_the_file(tmp_path, damaged, why):
+    """A line that is not a JSON object means a damaged file (a cut download), not a pair to
+    skip: the import stops there, naming the line."""
+    path = _write(tmp_path, [_line(ONE_GOOD, ONE_BAD), damaged, _line(MULTI_GOOD, MULTI_BAD)])
+    with pytest.raises(InputError) as err:
+        import_hh(path)
+    assert str(err.value).startswith(f"{path}:2: {why}")
 
 
 def test_all_bad_raises(tmp_path):
-    path = _write(tmp_path, ["{not json", _line(ONE_GOOD, ONE_GOOD)])
+    path = _write(tmp_path, [_line(ONE_GOOD, ONE_GOOD), json.dumps({"chosen": ONE_GOOD})])
     with pytest.raises(InputError) as err:
         import_hh(path)
     msg = str(err.value)
-    assert msg.startswith(f"{path}: no usable pairs (2 problems; first: {path}:1: not valid JSON")
+    assert msg.startswith(f"{path}: no usable pairs (2 problems; first: {path}:1: chosen and")
 
 
 def test_empty_file_raises(tmp_path):

@@ -11,7 +11,8 @@ from conftest import read_jsonl
 
 from cai.backends import make_backend
 from cai.constitution import load_constitution
-from cai.train.rl import ConstitutionReward, Monitor
+from cai.train.rl import ConstitutionReward
+from cai.train.trainer import Monitor
 
 ROOT = Path(__file__).resolve().parent.parent
 

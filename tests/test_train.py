@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import read_jsonl
 
-from cai.train.rm import soft_preference_loss
+from cai.train.soft_reward import soft_preference_loss
 
 
 def test_soft_loss_by_hand():
@@ -162,8 +162,14 @@ def test_train_rm_on_soft_labels(cli, tiny_model, tmp_path):
     "cmd,content,fragment",
     [
         ("sft", "", "no rows (the file is empty)"),
-        ("sft", '{"text": "x"}\n', "expected rows with a `messages` column"),
-        ("rm", '{"prompt": "x", "chosen": "a", "rejected": "b"}\n', "expected at least 2 rows"),
+        ("sft", '{"text": "x"}\n', "d.jsonl:1: messages: missing (expected cai's sft.jsonl rows)"),
+        ("rm", '{"prompt": "x", "chosen": "a", "rejected": "b"}\n', "d.jsonl:1: p_chosen: missing"),
+        (
+            "rm",
+            '{"prompt": "x", "chosen": "a", "rejected": "b", "p_chosen": 1}\n' * 2,
+            "prompt: a reward model needs chats, not text",
+        ),
+        ("dpo", '{"prompt": [], "chosen": "a", "rejected": "b"}\n', "d.jsonl:1: prompt: must be a"),
     ],
 )
 def test_train_bad_data(cli, tiny_model, tmp_path, cmd, content, fragment):
@@ -171,6 +177,7 @@ def test_train_bad_data(cli, tiny_model, tmp_path, cmd, content, fragment):
     data.write_text(content)
     code, _, err = cli("train", cmd, "--data", data, "--model", tiny_model, "--out", tmp_path / "o")
     assert code == 2 and fragment in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_soft_label_passes_swap_at_rate_one_minus_p():
@@ -294,7 +301,8 @@ def test_accelerate_config_relaunches_the_same_command(cli, tiny_model, tmp_path
         "--accelerate-config",
         tmp_path / "missing.yaml",
     )
-    assert code == 2 and "accelerate config file not found" in err
+    assert code == 2 and err.strip() == f"{tmp_path / 'missing.yaml'}: file not found"
+    assert not (tmp_path / "o2").exists()
 
 
 def lora_sft(cli, tiny_model, tmp_path, out, *extra):

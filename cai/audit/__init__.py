@@ -17,7 +17,6 @@ chain-of-thought reasoning). An answer cut at the token limit is counted, not ca
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from statistics import mean, median
 from typing import Any
 
 from ..errors import InputError
+from ..inputs import NotJSON, json_file, json_record
+from ..yamlfile import read_text
 from .diff import change
 
 CHAIN_FIELDS = ("id", "key", "prompt", "initial_response", "rounds", "final_response")
@@ -37,19 +38,18 @@ LABEL_FIELDS = ("principle", "order", "p_a", "p_first")
 
 
 def read_records(path: Path, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
-    """``(line number, record)`` of a JSONL file, read-only; a bad line names file, line, field."""
-    lines = path.read_bytes().split(b"\n")
+    """``(line number, record)`` of a JSONL file, read-only; a bad line names file, line, field.
+    The last line, cut short by a kill or still being written, is left out."""
+    lines = read_text(path).split("\n")
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
+            rec = json_record(path, n, raw)
+        except NotJSON:
             if all(not x.strip() for x in lines[n:]):
                 return  # the last line of a run that is being written, or was killed
-            raise InputError(f"{path}:{n}: not valid JSON") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"{path}:{n}: not a JSON object")
+            raise
         missing = [f for f in required if f not in rec]
         if missing:
             raise InputError(f"{path}:{n}: {missing[0]}: missing")
@@ -155,12 +155,12 @@ class StageRun:
 
 def _manifest(path: Path) -> dict[str, Any] | None:
     p = path / "manifest.json"
-    if not p.exists():
+    if not p.exists() and not p.is_symlink():
         return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InputError(f"{p}: not valid JSON") from None
+    manifest = json_file(p)
+    if not isinstance(manifest, dict):
+        raise InputError(f"{p}: not a JSON object")
+    return manifest
 
 
 def load(run_dir: str | Path) -> list[StageRun]:
@@ -393,10 +393,10 @@ def summary(stage: StageRun) -> dict[str, Any]:
         path = stage.path / "compare.json"
         if not path.is_file():
             return {}
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{path}: not valid JSON") from None
+        result = json_file(path)
+        if not isinstance(result, dict):
+            raise InputError(f"{path}: not a JSON object")
+        return result
     return preference_summary(stage.items)
 
 

@@ -3,7 +3,8 @@
 The stage commands are made from the configs of :mod:`cai.config` (:func:`stage_command`), so an
 option's type, default, bound and help are written once. This package is the one place that
 turns a :class:`~cai.errors.CaiError` into a message on stderr and an exit code (2 for bad input,
-3 for servers gone, 130 for Ctrl-C). Nothing in the library imports it.
+3 for a full disk, a read-only run directory or servers gone, 130 for Ctrl-C). Nothing in the
+library imports it.
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ def err(text: str) -> None:
 
 
 def option_param(name: str, annotation: Any, default: Any, help: str, *flags: str):
-    """A keyword parameter that typer reads as ``--name`` (or ``flags``)."""
+    """A keyword parameter that typer reads as ``--name`` (or ``flags``). A path is not checked
+    by click: cai reads it and names what is wrong in one line."""
     return inspect.Parameter(
         name,
         inspect.Parameter.KEYWORD_ONLY,
         default=inspect.Parameter.empty if default is PydanticUndefined else default,
-        annotation=Annotated[annotation, typer.Option(*flags, help=help)],
+        annotation=Annotated[annotation, typer.Option(*flags, help=help, readable=False)],
     )
 
 

@@ -243,7 +243,9 @@ def _print_selection(con, selected: list, how: str) -> None:
 
 @app.command("audit")
 def audit_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="a critique, preference or pipeline run folder")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="a critique, preference or pipeline run folder", readable=False)
+    ],
     show: Annotated[
         Optional[str], typer.Option(help="print one prompt's chain (or one pair) with word diffs")
     ] = None,

@@ -12,7 +12,9 @@ from . import constitution_app, err
 
 
 @constitution_app.command("validate")
-def constitution_validate(files: Annotated[list[Path], typer.Argument(help="YAML files")]) -> None:
+def constitution_validate(
+    files: Annotated[list[Path], typer.Argument(help="YAML files", readable=False)],
+) -> None:
     """Check constitution files; print every problem as FILE:LINE: field: message."""
     from ..constitution import validate_files
 
@@ -30,7 +32,7 @@ def constitution_validate(files: Annotated[list[Path], typer.Argument(help="YAML
 
 @constitution_app.command("show")
 def constitution_show(
-    file: Path,
+    file: Annotated[Path, typer.Argument(readable=False)],
     as_json: Annotated[
         bool, typer.Option("--json", help="print the resolved constitution as JSON")
     ] = False,
@@ -67,7 +69,7 @@ def constitution_show(
 
 @constitution_app.command("import")
 def constitution_import(
-    file: Path,
+    file: Annotated[Path, typer.Argument(readable=False)],
     fmt: Annotated[str, typer.Option("--format", help="anthropic | hf")],
     out: Annotated[Path, typer.Option(help="where to write the YAML")],
     compare: Annotated[

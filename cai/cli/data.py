@@ -12,7 +12,7 @@ from . import data_app, err
 
 @data_app.command("import-hh")
 def data_import_hh(
-    file: Path,
+    file: Annotated[Path, typer.Argument(readable=False)],
     out: Annotated[Path, typer.Option(help="where to write the preference JSONL")],
 ) -> None:
     """Convert Human:/Assistant: transcript pairs (chosen/rejected) to cai's preference format."""

@@ -13,7 +13,7 @@ from . import Bar, app, err
 
 @app.command("validate")
 def validate_pipelines(
-    files: Annotated[list[Path], typer.Argument(help="pipeline YAML files")],
+    files: Annotated[list[Path], typer.Argument(help="pipeline YAML files", readable=False)],
 ) -> None:
     """Check pipeline files; print every problem as FILE:LINE: field: message."""
     from ..pipeline import load_pipeline
@@ -54,7 +54,7 @@ def plan_line(plan: dict) -> str:
 
 @app.command("run")
 def run_pipeline_cmd(
-    file: Path,
+    file: Annotated[Path, typer.Argument(readable=False)],
     overrides: Annotated[
         Optional[list[str]], typer.Option("--set", help="key.sub=value, e.g. critiques.limit=4")
     ] = None,

@@ -73,6 +73,17 @@ def model_contestant(spec: str, served: bool = False, convert: bool = True) -> C
     return Contestant(name or resolved.label, "model", resolved.path, resolved.fingerprint())
 
 
+def answer_files(answers: Sequence[str]) -> list[Contestant]:
+    """The ``--answers NAME=FILE`` contestants."""
+    files = []
+    for spec in answers:
+        name, sep, path = spec.partition("=")
+        if not sep or not NAME.match(name) or not path:
+            raise InputError(f"--answers takes NAME=FILE (got {spec!r})")
+        files.append(Contestant(name, "answers", path))
+    return files
+
+
 def contestants(
     models: Sequence[str],
     answers: Sequence[str],
@@ -82,12 +93,7 @@ def contestants(
 ) -> list[Contestant]:
     """The baseline first, then ``--model`` and ``--answers`` contestants in the order given;
     with ``served``, model names are the servers' (the openai engine)."""
-    files = []
-    for spec in answers:
-        name, sep, path = spec.partition("=")
-        if not sep or not NAME.match(name) or not path:
-            raise InputError(f"--answers takes NAME=FILE (got {spec!r})")
-        files.append(Contestant(name, "answers", path))
+    files = answer_files(answers)
     base = next((c for c in files if c.name == baseline), None) or model_contestant(
         baseline, served, convert
     )
@@ -595,9 +601,9 @@ def plan_compare(cfg) -> dict[str, Any]:
     from .fit import planned
     from .plan import Counters, check_settings, logged
 
-    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
+    chosen, options = cfg.engine()
     served = chosen == "openai"
     players = contestants(cfg.model or [], cfg.answers or [], cfg.baseline, served, False)
     judge_model = resolve_for(chosen, cfg.judge, convert=False)
@@ -691,15 +697,16 @@ def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
     from .fit import fit
     from .plan import Counters
 
-    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
+    files = {  # a bad file fails before any model is looked at
+        c.name: load_answers(Path(c.source), items) for c in answer_files(cfg.answers or [])
+    }
+    RunDir(cfg.out).read_manifest()  # a run directory that cannot be resumed fails here
+    chosen, options = cfg.engine()
     players = contestants(
         cfg.model or [], cfg.answers or [], cfg.baseline, served=chosen == "openai"
     )
-    files = {  # a bad file fails before any model loads
-        c.name: load_answers(Path(c.source), items) for c in players if c.kind == "answers"
-    }
     judge = resolve_for(chosen, cfg.judge)
     settings = settings_of(cfg, judge.path)
     # before any model loads: a prompt too long is refused, or cut (the cut prompt is keyed)

@@ -485,9 +485,9 @@ def plan_critiques(cfg) -> dict[str, Any]:
     from .fit import plan_reader, planned
     from .plan import Counters, Tally, check_settings, logged, model_of
 
-    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
+    chosen, options = cfg.engine()  # after the inputs: choosing may import torch
     counters = Counters(chosen)
     counter = counters(cfg.model)
     settings = settings_of(cfg, model_of(counter, cfg.model))
@@ -534,9 +534,10 @@ def run_critiques(cfg, progress: Progress = silent) -> dict[str, Any]:
     from ..store import tracked
     from .fit import engine_reader, fit
 
-    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
+    RunDir(cfg.out).read_manifest()  # a run directory that cannot be resumed fails here
+    chosen, options = cfg.engine()  # after the inputs: choosing may import torch
     model = resolve_for(chosen, cfg.model)
     settings = settings_of(cfg, model)
     run_settings = run_settings_of(cfg, settings, cons)

@@ -209,9 +209,9 @@ def run_labeler(cfg) -> dict[str, Any]:
     from ..constitution import load_constitution
     from ..store import write_atomic
 
-    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     load_eval(cfg.data)  # bad data fails before a model loads
+    chosen, options = cfg.engine()
     engine = make_backend(chosen, cfg.model, **options)
     result = {
         **evaluate_labeler(cfg.data, engine, cons, cfg.limit),

@@ -581,13 +581,14 @@ def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
     from ..store import tracked
     from .fit import engine_reader, fit
 
-    chosen, options = cfg.engine()
     cons = load_constitution(cfg.constitution)
     items: list[PromptItem] = []
     if cfg.pairs is not None:
         pairs = given_pairs(cfg)
     else:
         items = load_prompts(cfg.prompts, cfg.limit)
+    RunDir(cfg.out).read_manifest()  # a run directory that cannot be resumed fails here
+    chosen, options = cfg.engine()  # after the inputs: choosing may import torch
     judge = resolve_for(chosen, cfg.feedback)
     policy = None if cfg.pairs else resolve_for(chosen, cfg.policy)
     settings = label_settings(cfg, judge)

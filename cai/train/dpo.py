@@ -15,7 +15,7 @@ import random
 from typing import Any
 
 from ..errors import InputError
-from . import JsonlMetrics, fit, load_for_training, load_rows, peft_config
+from .data import dataset, preference_rows
 from .launch import launchable
 
 
@@ -33,24 +33,20 @@ def soft_label_passes(rows: list[dict[str, Any]], epochs: int, seed: int) -> lis
     return out
 
 
-@launchable
-def train_dpo(cfg) -> dict[str, Any]:
+@launchable(lambda cfg: preference_rows(cfg.data, soft=False))
+def train_dpo(cfg, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     """``cfg`` is a :class:`cai.config.DPOConfig`; each pair is shown as labelled with
     probability ``p_chosen``, over ``ceil(epochs)`` passes."""
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from .trainer import JsonlMetrics, fit, load_for_training, peft_config
+
     data, settings, beta, min_margin = cfg.data, cfg.training(), cfg.beta, cfg.min_margin
-    ds = load_rows(data)
-    if not {"prompt", "chosen", "rejected"} <= set(ds.column_names):
-        raise InputError(
-            f"{data}: expected prompt, chosen and rejected columns (preferences.jsonl)"
-        )
-    rows = [r for r in ds if r.get("margin") is None or r["margin"] >= min_margin]
+    rows = [r for r in pairs if r.get("margin") is None or r["margin"] >= min_margin]
     if not rows:
         raise InputError(f"{data}: no pairs left with margin >= {min_margin}")
     passes = max(1, math.ceil(settings.epochs))
-    train = Dataset.from_list(soft_label_passes(rows, passes, settings.seed))
+    train = dataset(soft_label_passes(rows, passes, settings.seed))
     tok, model = load_for_training(settings)
     args = DPOConfig(
         **{**settings.trl_args(), "num_train_epochs": settings.epochs / passes}, beta=beta
@@ -67,7 +63,7 @@ def train_dpo(cfg) -> dict[str, Any]:
     swapped = sum(a["chosen"] != r["chosen"] for a, r in zip(train, rows * passes))
     return {
         "pairs": len(rows),
-        "dropped_below_margin": len(ds) - len(rows),
+        "dropped_below_margin": len(pairs) - len(rows),
         "shown": len(train),
         "shown_swapped": swapped,
         "steps": result.global_step,

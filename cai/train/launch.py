@@ -20,27 +20,46 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CaiError, InputError
+from ..errors import CaiError
 from ..store import now, versions, write_atomic
 
 UNDER = "CAI_UNDER_ACCELERATE"  # set in the launched processes, so they do not launch again
 
 
-def launchable(runner: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
-    """A training runner that, given ``cfg.accelerate_config``, runs under accelerate."""
+def launchable(check: Callable[[Any], Any]):
+    """A training runner ``runner(cfg, inputs)`` that, given ``cfg.accelerate_config``, runs
+    under accelerate. ``check(cfg)`` reads and checks the run's input files first, in plain
+    Python (nothing heavy is loaded and nothing written before a bad file is refused); its
+    result is the runner's ``inputs``."""
 
-    @functools.wraps(runner)
-    def run(cfg) -> dict[str, Any]:
-        if os.environ.get(UNDER) == "1":  # a launched process; the caller records the run
-            return runner(cfg)
-        learns_from, started = identity(cfg), now()
-        result = runner(cfg) if cfg.accelerate_config is None else relaunch(cfg)
-        manifest = {"stage": cfg.STAGE, "settings": cfg.settings(), **learns_from}
-        manifest.update(versions=versions(), started=started, finished=now(), result=result)
-        write_atomic(Path(cfg.out) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-        return result
+    def wrap(runner: Callable[[Any, Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+        @functools.wraps(runner)
+        def run(cfg) -> dict[str, Any]:
+            if os.environ.get(UNDER) == "1":  # a launched process; the caller records the run
+                return runner(cfg, check(cfg))
+            if cfg.accelerate_config is not None:
+                accelerate_config(Path(cfg.accelerate_config))
+            inputs = check(cfg)
+            learns_from, started = identity(cfg), now()
+            result = runner(cfg, inputs) if cfg.accelerate_config is None else relaunch(cfg)
+            manifest = {"stage": cfg.STAGE, "settings": cfg.settings(), **learns_from}
+            manifest.update(versions=versions(), started=started, finished=now(), result=result)
+            write_atomic(Path(cfg.out) / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+            return result
 
-    return run
+        return run
+
+    return wrap
+
+
+def accelerate_config(path: Path) -> None:
+    """Refuse an accelerate config that is not a YAML (or JSON) mapping, before launching."""
+    from ..errors import ConfigError, Problem
+    from ..yamlfile import load_yaml
+
+    data, _ = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(str(path), 1, "", "an accelerate config must be a mapping")])
 
 
 def identity(cfg) -> dict[str, Any]:
@@ -63,8 +82,6 @@ def relaunch(cfg) -> dict[str, Any]:
     """Run ``cfg``'s stage under ``accelerate launch --config_file cfg.accelerate_config``; its
     result, or a :class:`CaiError` with the launched run's exit code."""
     config = Path(cfg.accelerate_config)
-    if not config.is_file():
-        raise InputError(f"{config}: accelerate config file not found")
     with tempfile.TemporaryDirectory(prefix="cai-launch-") as tmp:
         spec, result = Path(tmp) / "stage.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({"stage": cfg.STAGE, "config": cfg.settings()}))

@@ -18,10 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from ..errors import InputError
-from . import JsonlMetrics, fit, load_for_training, peft_config
 from .launch import launchable
 
 
@@ -124,74 +121,46 @@ class RewardModelReward:
         return scores
 
 
-class Monitor(TrainerCallback):
-    """Watches reward, KL and length; records a warning when length or KL drift too far."""
-
-    def __init__(self, path: Path, length_factor: float = 2.0, kl_bound: float = 1.0):
-        self.path, self.length_factor, self.kl_bound = path, length_factor, kl_bound
-        self.first_length: float | None = None
-        self.warnings: list[str] = []
-
-    # GRPO/RLOO log `reward` and `kl`; TRL's online DPO logs `objective/scores` and `objective/kl`
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        logs = logs or {}
-        reward = logs.get("reward", logs.get("objective/scores"))
-        if reward is None:
-            return
-        length = logs.get("completions/mean_length")
-        kl = logs.get("kl", logs.get("objective/kl"))
-        if length is not None and self.first_length is None:
-            self.first_length = length
-        found = []
-        if (
-            length is not None
-            and self.first_length
-            and length > self.length_factor * self.first_length
-        ):
-            found.append(
-                f"mean length {length:.0f} is over {self.length_factor}x its start "
-                f"({self.first_length:.0f})"
-            )
-        if kl is not None and kl > self.kl_bound:
-            found.append(f"KL to the reference {kl:.3f} is over {self.kl_bound}")
-        row = {
-            "step": state.global_step,
-            "monitor": {
-                "reward": reward,
-                "kl": kl,
-                "mean_length": length,
-                "refusal_share": logs.get("rewards/refusal/mean"),
-            },
-            "warnings": found,
-        }
-        self.warnings += [f"step {state.global_step}: {w}" for w in found]
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def make_reward(spec: str, judge, ensemble: int, seed: int):
-    """The reward for ``rm:DIR`` or ``constitution:FILE``; ``judge()`` gives the judge backend."""
+def reward_source(spec: str) -> tuple[str, Any]:
+    """``rm:DIR`` as ``("rm", DIR)`` or ``constitution:FILE`` as ``("constitution", the loaded
+    constitution)``; checked without loading a model."""
     kind, _, target = spec.partition(":")
     if kind == "rm" and target:
         if not (Path(target) / "config.json").is_file():
             raise InputError(f"--reward {spec}: {target} is not a model folder")
-        return RewardModelReward(target)
+        return kind, target
     if kind == "constitution" and target:
         from ..constitution import load_constitution
 
-        return ConstitutionReward(load_constitution(target), judge(), ensemble, seed)
+        return kind, load_constitution(target)
     raise InputError(f"--reward {spec!r}: use rm:DIR or constitution:FILE")
 
 
-@launchable
-def train_rl(cfg) -> dict[str, Any]:
+def make_reward(source: tuple[str, Any], judge, ensemble: int, seed: int):
+    """The reward for a :func:`reward_source`; ``judge()`` gives the judge backend."""
+    kind, target = source
+    if kind == "rm":
+        return RewardModelReward(target)
+    return ConstitutionReward(target, judge(), ensemble, seed)
+
+
+def rl_inputs(cfg) -> tuple[list, tuple[str, Any]]:
+    """The prompts and the reward's source, read and checked."""
+    from ..inputs import load_prompts
+
+    return load_prompts(cfg.prompts, cfg.limit), reward_source(cfg.reward)
+
+
+@launchable(rl_inputs)
+def train_rl(cfg, inputs: tuple[list, tuple[str, Any]]) -> dict[str, Any]:
     """``cfg`` is a :class:`cai.config.RLConfig` (its ``STAGE`` names the algorithm: rloo, grpo,
     online-dpo); the reward is a reward model (``rm:DIR``) or the constitution judge
     (``constitution:FILE``) on ``cfg.judge_backend``. Returns steps and the monitor's warnings."""
     from datasets import Dataset
 
-    from ..inputs import load_prompts
+    from .trainer import JsonlMetrics, Monitor, fit, load_for_training, peft_config
 
+    items, source = inputs
     algo, settings, beta, generations = cfg.STAGE, cfg.training(), cfg.beta, cfg.generations
     judge_backend, judge_options = cfg.engine()
     if algo == "grpo":
@@ -211,12 +180,11 @@ def train_rl(cfg) -> dict[str, Any]:
 
     # loaded once, only if needed
     judge_engine = cache(lambda: make_backend(judge_backend, cfg.judge, **judge_options))
-    reward = make_reward(cfg.reward, judge_engine, cfg.ensemble, settings.seed)
+    reward = make_reward(source, judge_engine, cfg.ensemble, settings.seed)
     funcs, weights = [reward], [1.0]
     if cfg.watch_refusals and algo != "online-dpo":  # online DPO does not log per-function rewards
         funcs.append(RefusalShare(judge_engine()))
         weights.append(0.0)
-    items = load_prompts(cfg.prompts, cfg.limit)
     train = Dataset.from_list([{"prompt": it.chat} for it in items])
     tok, model = load_for_training(settings)
     base = settings.trl_args()

@@ -15,66 +15,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from trl import RewardTrainer
-from trl.trainer.reward_trainer import DataCollatorForPreference
-
-from ..errors import InputError
-from . import JsonlMetrics, fit, load_for_training, load_rows
+from .data import dataset, reward_rows
 from .launch import launchable
 
 
-def soft_preference_loss(
-    r_chosen: torch.Tensor, r_rejected: torch.Tensor, p_chosen: torch.Tensor
-) -> torch.Tensor:
-    d = r_chosen - r_rejected
-    return -(p_chosen * F.logsigmoid(d) + (1 - p_chosen) * F.logsigmoid(-d)).mean()
-
-
-class SoftLabelCollator(DataCollatorForPreference):
-    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        out = super().torch_call(
-            [{k: v for k, v in e.items() if k != "p_chosen"} for e in examples]
-        )
-        out["p_chosen"] = torch.tensor([e["p_chosen"] for e in examples], dtype=torch.float)
-        return out
-
-
-class SoftRewardTrainer(RewardTrainer):
-    def _set_signature_columns_if_needed(self):
-        self._signature_columns = ["chosen_ids", "rejected_ids", "p_chosen"]
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        p = inputs.pop("p_chosen")
-        inputs.pop("margin", None)
-        outputs = model(**inputs, use_cache=False)
-        r_chosen, r_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-        loss = soft_preference_loss(r_chosen, r_rejected, p.to(r_chosen.dtype))
-        mode = "train" if model.training else "eval"
-        with torch.no_grad():
-            self._metrics[mode]["accuracy"].append((r_chosen > r_rejected).float().mean().item())
-            self._metrics[mode]["margin"].append((r_chosen - r_rejected).mean().item())
-        return (loss, outputs) if return_outputs else loss
-
-
-@launchable
-def train_rm(cfg, eval_share: float = 0.1) -> dict[str, Any]:
+@launchable(lambda cfg: reward_rows(cfg.data))
+def train_rm(cfg, pairs: list[dict[str, Any]], eval_share: float = 0.1) -> dict[str, Any]:
     """``cfg`` is a :class:`cai.config.RMConfig`; a share of the pairs is held out to report
     accuracy and calibration."""
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig
 
     from ..stats import ece
+    from .soft_reward import SoftLabelCollator, SoftRewardTrainer, heldout
+    from .trainer import JsonlMetrics, fit, load_for_training
 
-    data, settings = cfg.data, cfg.training()
-    ds = load_rows(data)
-    need = {"prompt", "chosen", "rejected", "p_chosen"}
-    if not need <= set(ds.column_names) or len(ds) < 2:
-        raise InputError(
-            f"{data}: expected at least 2 rows with {sorted(need)} (preferences.jsonl)"
-        )
-    ds = ds.select_columns(sorted(need))
+    settings = cfg.training()
+    need = ("prompt", "chosen", "rejected", "p_chosen")
+    ds = dataset([{k: r[k] for k in need} for r in pairs])
     split = ds.train_test_split(test_size=max(1, int(len(ds) * eval_share)), seed=settings.seed)
     tok, model = load_for_training(settings, AutoModelForSequenceClassification, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
@@ -96,22 +54,3 @@ def train_rm(cfg, eval_share: float = 0.1) -> dict[str, Any]:
         "processes": trainer.accelerator.num_processes,
         **held,
     }
-
-
-def heldout(trainer, rows, tok, ece) -> dict[str, Any]:
-    """Accuracy (chosen scored higher) and ECE of sigmoid(d) against the soft labels."""
-    model = trainer.model.eval()
-    probs, labels = [], []
-    for row in rows:
-        scores = []
-        for answer in (row["chosen"], row["rejected"]):
-            text = tok.apply_chat_template(row["prompt"] + answer, tokenize=False)
-            ids = tok(text, add_special_tokens=False, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                scores.append(model(**ids).logits[0, 0].item())
-        probs.append(float(torch.sigmoid(torch.tensor(scores[0] - scores[1]))))
-        labels.append(row["p_chosen"])
-    acc = sum(p > 0.5 for p in probs) / len(probs)
-    conf = [max(p, 1 - p) for p in probs]
-    right = [(p > 0.5) == (lab >= 0.5) for p, lab in zip(probs, labels)]
-    return {"heldout_pairs": len(probs), "heldout_accuracy": acc, "heldout_ece": ece(conf, right)}

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import InputError
-from . import JsonlMetrics, fit, load_for_training, load_rows, peft_config
+from .data import dataset, sft_rows
 from .launch import launchable
 
 
@@ -20,21 +19,15 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": msgs[:-1], "completion": msgs[-1:]}
 
 
-@launchable
-def train_sft(cfg) -> dict[str, Any]:
+@launchable(lambda cfg: sft_rows(cfg.data))
+def train_sft(cfg, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``cfg`` is a :class:`cai.config.SFTConfig`; returns rows, steps and the training loss."""
     from trl import SFTConfig, SFTTrainer
 
-    data, settings = cfg.data, cfg.training()
-    ds = load_rows(data)
-    if "messages" not in ds.column_names or len(ds) == 0:
-        raise InputError(f"{data}: expected rows with a `messages` column (cai's sft.jsonl)")
-    bad = [
-        i for i, r in enumerate(ds) if not r["messages"] or r["messages"][-1]["role"] != "assistant"
-    ]
-    if bad:
-        raise InputError(f"{data}:{bad[0] + 1}: messages must end with the assistant's turn")
-    ds = ds.map(to_prompt_completion, remove_columns=ds.column_names)
+    from .trainer import JsonlMetrics, fit, load_for_training, peft_config
+
+    settings = cfg.training()
+    ds = dataset([to_prompt_completion(r) for r in rows])
     tok, model = load_for_training(settings)
     args = SFTConfig(**settings.trl_args(), completion_only_loss=True)
     trainer = SFTTrainer(
