@@ -31,7 +31,7 @@ from .errors import (
     RunLockedError,
     StorageError,
 )
-from .inputs import json_file
+from .inputs import MAX_RECORD_BYTES, json_file
 from .yamlfile import read_bytes
 
 
@@ -47,6 +47,10 @@ def key(*parts: Any) -> str:
 
 def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
+# a record holds its prompt (at most MAX_RECORD_BYTES as input) and a few texts besides
+MAX_LOG_RECORD_BYTES = 4 * MAX_RECORD_BYTES
 
 
 class JsonlLog:
@@ -72,13 +76,16 @@ class JsonlLog:
             if not raw.strip():
                 good_end += len(raw) + (0 if last else 1)
                 continue
+            if len(raw) > MAX_LOG_RECORD_BYTES:
+                raise InputError(f"{self.path}:{i + 1}: corrupt record (too large)")
             try:
                 record = json.loads(raw)
                 if last and repair:  # complete JSON but no newline: keep it, add the newline
                     with open(self.path, "ab") as f:
                         f.write(b"\n")
             except (json.JSONDecodeError, UnicodeDecodeError):  # a cut line may end mid-character
-                if last or all(not x.strip() for x in lines[i + 1 :]):
+                cut = raw.lstrip().startswith(b"{")  # every record starts so; a cut one too
+                if cut and (last or all(not x.strip() for x in lines[i + 1 :])):
                     if repair:
                         self._truncate(good_end, len(data) - good_end)
                     return
@@ -245,6 +252,15 @@ class RunDir:
         if not isinstance(manifest, dict) or not isinstance(manifest.get("settings", {}), dict):
             raise InputError(f"{p}: not a cai manifest; move it away to start this run again")
         return manifest
+
+    def check(self) -> None:
+        """Read the manifest and every JSONL log, writing nothing and taking no lock: a run
+        directory that cannot be resumed is refused before a stage looks at any model."""
+        self.read_manifest()
+        if self.path.is_dir():
+            for path in sorted(self.path.glob("*.jsonl")):
+                for _ in JsonlLog(path).read(repair=False):
+                    pass
 
     def check_settings(self, settings: dict[str, Any]) -> None:
         """Refuse to mix results of other settings into this directory."""

@@ -282,6 +282,9 @@ TARGETS = [
            inside="manifest.json", skip=("missing",)),
     Target("resume-manifest", "json", ".json", critiques("--out"),
            inside="manifest.json", skip=("missing",)),
+    # a resumed run reads the records under its own keys only: others' fields are never looked at
+    Target("resume-log", "jsonl:chains", ".jsonl", critiques("--out"), inside="critiques.jsonl",
+           skip=("empty", "truncated", "json-line-5000", "missing", "wrong-types")),
 ]  # fmt: skip
 
 

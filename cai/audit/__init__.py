@@ -47,7 +47,7 @@ def read_records(path: Path, required: Iterable[str] = ()) -> Iterator[tuple[int
         try:
             rec = json_record(path, n, raw)
         except NotJSON:
-            if all(not x.strip() for x in lines[n:]):
+            if raw.lstrip().startswith("{") and all(not x.strip() for x in lines[n:]):
                 return  # the last line of a run that is being written, or was killed
             raise
         missing = [f for f in required if f not in rec]

@@ -702,7 +702,7 @@ def run_compare(cfg, progress: Progress = silent) -> dict[str, Any]:
     files = {  # a bad file fails before any model is looked at
         c.name: load_answers(Path(c.source), items) for c in answer_files(cfg.answers or [])
     }
-    RunDir(cfg.out).read_manifest()  # a run directory that cannot be resumed fails here
+    RunDir(cfg.out).check()  # a run directory that cannot be resumed fails here
     chosen, options = cfg.engine()
     players = contestants(
         cfg.model or [], cfg.answers or [], cfg.baseline, served=chosen == "openai"

@@ -536,7 +536,7 @@ def run_critiques(cfg, progress: Progress = silent) -> dict[str, Any]:
 
     cons = load_constitution(cfg.constitution)
     items = load_prompts(cfg.prompts, cfg.limit)
-    RunDir(cfg.out).read_manifest()  # a run directory that cannot be resumed fails here
+    RunDir(cfg.out).check()  # a run directory that cannot be resumed fails here
     chosen, options = cfg.engine()  # after the inputs: choosing may import torch
     model = resolve_for(chosen, cfg.model)
     settings = settings_of(cfg, model)

@@ -587,7 +587,7 @@ def run_preferences(cfg, progress: Progress = silent) -> dict[str, Any]:
         pairs = given_pairs(cfg)
     else:
         items = load_prompts(cfg.prompts, cfg.limit)
-    RunDir(cfg.out).read_manifest()  # a run directory that cannot be resumed fails here
+    RunDir(cfg.out).check()  # a run directory that cannot be resumed fails here
     chosen, options = cfg.engine()  # after the inputs: choosing may import torch
     judge = resolve_for(chosen, cfg.feedback)
     policy = None if cfg.pairs else resolve_for(chosen, cfg.policy)
