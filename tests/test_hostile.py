@@ -187,18 +187,12 @@ def run_dir(d: Path, name: str) -> Path:
     return run
 
 
-def critiques(flag: str) -> Callable:
+def generate(what: str, flag: str) -> Callable:
+    """``cai generate WHAT`` with the file as ``flag`` and valid files for the rest."""
+
     def argv(f: str, out: str, v: dict) -> list[str]:
         args = {"--constitution": "harmless", "--prompts": v["prompts"], flag: f}
-        return ["generate", "critiques", *sum(args.items(), ()), "--out", out]
-
-    return argv
-
-
-def preferences(flag: str) -> Callable:
-    def argv(f: str, out: str, v: dict) -> list[str]:
-        args = {"--constitution": "harmless", "--prompts": v["prompts"], flag: f}
-        return ["generate", "preferences", *sum(args.items(), ()), "--out", out]
+        return ["generate", what, *sum(args.items(), ()), "--out", out]
 
     return argv
 
@@ -245,15 +239,16 @@ TARGETS = [
            lambda f, o, v: ["show-prompt", "--constitution", f, "--prompt", "hi"]),
     Target("show-prompt-prompts", "jsonl:prompts", ".jsonl",
            lambda f, o, v: ["show-prompt", "--prompts", f]),
-    Target("critiques-constitution", "yaml:constitution", ".yaml", critiques("--constitution")),
-    Target("critiques-prompts", "jsonl:prompts", ".jsonl", critiques("--prompts")),
-    Target("critiques-prompts-csv", "csv", ".csv", critiques("--prompts")),
-    Target("critiques-prompts-txt", "txt", ".txt", critiques("--prompts")),
-    Target("critiques-prompts-parquet", "parquet", ".parquet", critiques("--prompts")),
+    Target("critiques-constitution", "yaml:constitution", ".yaml",
+           generate("critiques", "--constitution")),
+    Target("critiques-prompts", "jsonl:prompts", ".jsonl", generate("critiques", "--prompts")),
+    Target("critiques-prompts-csv", "csv", ".csv", generate("critiques", "--prompts")),
+    Target("critiques-prompts-txt", "txt", ".txt", generate("critiques", "--prompts")),
+    Target("critiques-prompts-parquet", "parquet", ".parquet", generate("critiques", "--prompts")),
     Target("preferences-constitution", "yaml:constitution", ".yaml",
-           preferences("--constitution")),
-    Target("preferences-prompts", "jsonl:prompts", ".jsonl", preferences("--prompts")),
-    Target("preferences-pairs", "jsonl:pairs", ".jsonl", preferences("--pairs")),
+           generate("preferences", "--constitution")),
+    Target("preferences-prompts", "jsonl:prompts", ".jsonl", generate("preferences", "--prompts")),
+    Target("preferences-pairs", "jsonl:pairs", ".jsonl", generate("preferences", "--pairs")),
     Target("compare-answers", "jsonl:answers", ".jsonl", compare("--answers")),
     Target("compare-prompts", "jsonl:prompts", ".jsonl", compare("--prompts")),
     Target("compare-constitution", "yaml:constitution", ".yaml", compare("--constitution")),
@@ -280,10 +275,11 @@ TARGETS = [
            inside="critiques.jsonl", skip=("empty", "truncated", "json-line-5000")),
     Target("audit-manifest", "json", ".json", lambda f, o, v: ["audit", f],
            inside="manifest.json", skip=("missing",)),
-    Target("resume-manifest", "json", ".json", critiques("--out"),
+    Target("resume-manifest", "json", ".json", generate("critiques", "--out"),
            inside="manifest.json", skip=("missing",)),
     # a resumed run reads the records under its own keys only: others' fields are never looked at
-    Target("resume-log", "jsonl:chains", ".jsonl", critiques("--out"), inside="critiques.jsonl",
+    Target("resume-log", "jsonl:chains", ".jsonl", generate("critiques", "--out"),
+           inside="critiques.jsonl",
            skip=("empty", "truncated", "json-line-5000", "missing", "wrong-types")),
 ]  # fmt: skip
 
