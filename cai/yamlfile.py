@@ -109,7 +109,7 @@ def _duplicate_keys(node: yaml.Node | None, path: str, file: str) -> list[Proble
 
 
 # libyaml where PyYAML was built with it: the same safe constructors, and a nesting bound that
-# the pure-Python parser lacks (it takes seconds to reach Python's recursion limit)
+# the pure-Python parser lacks (it rejects deep nesting only at Python's recursion limit)
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_VALUES = 1_000_000  # values after aliases are expanded: far past any constitution or pipeline
 
