@@ -5,8 +5,8 @@ argument's format is fed to it. Every case must end with exit 2, one stderr line
 (a validation that finds several problems prints one ``FILE:LINE: field: message`` line each),
 no traceback, nothing under ``--out``, and no heavy module (torch, transformers, ...) imported:
 refused before any model could load. The cases of a target run in one process
-(``tests/hostile_driver.py``), as an unprivileged user when the tests run as root, so that a file
-without read permission is one.
+(``tests/hostile_driver.py``), as root without its permission overrides when the tests run as
+root, so that a file without read permission is one.
 
 A UTF-8 byte-order mark and CRLF line ends are not errors: the loaders read such a file exactly
 as the same file without them (checked on every loader, and by ``--dry-run`` plans).
@@ -292,10 +292,12 @@ def workdir() -> Path:
 
 
 def as_user() -> list[str]:
-    """The command prefix that drops root, so that file permissions apply."""
+    """The command prefix that makes file permissions apply to root: root without the
+    capabilities that override them (it still reads the checkout it owns, wherever it is)."""
     if os.geteuid() != 0:
         return []
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
 
 
 def valid_files(d: Path) -> dict[str, str]:
